@@ -1,0 +1,9 @@
+//! Integration tests of the audit log; one binary, one module per concern.
+
+mod chain;
+mod common;
+mod concurrency;
+mod durability;
+mod query;
+mod segments;
+mod tamper;

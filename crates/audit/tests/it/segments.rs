@@ -1,0 +1,121 @@
+//! Sealing segments and continuing the chain across them.
+
+use audit::{Query, segment_path, verify_dir};
+
+use crate::common::{append_range, open, raw};
+
+#[tokio::test]
+async fn seal_continue_and_verify_across_segments() {
+    let tmp = tempfile::tempdir().unwrap();
+    let log = open(tmp.path());
+    append_range(&log, 0, 10).await;
+    let first = log.seal().await.unwrap().expect("sealed");
+    assert_eq!((first.number, first.first_seq, first.last_seq), (1, 1, 10));
+    assert_eq!(first.last_hash, log.head().hash);
+    assert_eq!(first.path, segment_path(tmp.path(), 1));
+    assert!(
+        std::fs::metadata(&first.path)
+            .unwrap()
+            .permissions()
+            .readonly()
+    );
+    let wal = first.path.with_extension("db-wal");
+    assert!(
+        !wal.exists(),
+        "a sealed segment has no WAL left: {}",
+        wal.display()
+    );
+
+    for n in 10..15 {
+        assert_eq!(log.append(crate::common::entry(n)).await.unwrap(), n + 1);
+    }
+    let second = log.seal().await.unwrap().expect("sealed");
+    assert_eq!(
+        (second.number, second.first_seq, second.last_seq),
+        (2, 11, 15)
+    );
+    append_range(&log, 15, 18).await;
+
+    let report = log.verify().await.unwrap();
+    assert!(report.ok, "{report:?}");
+    assert_eq!((report.records_checked, report.segments), (18, 3));
+
+    // Pages of 7 cross both segment boundaries and return every record once, in order.
+    let mut seqs = Vec::new();
+    let mut after = None;
+    loop {
+        let page = log
+            .query(Query {
+                page_size: 7,
+                after_seq: after,
+                ..Query::default()
+            })
+            .await
+            .unwrap();
+        seqs.extend(page.records.iter().map(|r| r.seq));
+        match page.next_after_seq {
+            Some(seq) => after = Some(seq),
+            None => break,
+        }
+    }
+    assert_eq!(seqs, (1..=18).collect::<Vec<_>>());
+    let records = log.query(Query::default()).await.unwrap().records;
+    assert_eq!(
+        records[10].prev_hash, first.last_hash,
+        "segment 2 starts from segment 1's hash"
+    );
+    assert_eq!(records[15].prev_hash, second.last_hash);
+    drop(log);
+
+    let log = open(tmp.path());
+    assert_eq!(log.append(crate::common::entry(18)).await.unwrap(), 19);
+    drop(log);
+    let report = verify_dir(tmp.path()).unwrap();
+    assert!(report.ok, "{report:?}");
+    assert_eq!((report.records_checked, report.segments), (19, 3));
+}
+
+#[tokio::test]
+async fn sealing_an_empty_segment_does_nothing() {
+    let tmp = tempfile::tempdir().unwrap();
+    let log = open(tmp.path());
+    assert_eq!(log.seal().await.unwrap(), None);
+    append_range(&log, 0, 1).await;
+    assert!(log.seal().await.unwrap().is_some());
+    assert_eq!(log.seal().await.unwrap(), None, "the new segment is empty");
+    let report = log.verify().await.unwrap();
+    assert!(report.ok, "{report:?}");
+    assert_eq!(report.segments, 2);
+}
+
+#[tokio::test]
+async fn a_seal_interrupted_by_a_crash_is_completed_on_open() {
+    let tmp = tempfile::tempdir().unwrap();
+    let log = open(tmp.path());
+    append_range(&log, 0, 5).await;
+    let head = log.head();
+    drop(log);
+
+    // The state a crash leaves between committing the seal row and creating the next segment.
+    let conn = raw(tmp.path(), 1);
+    conn.execute(
+        "INSERT INTO seal (id, last_seq, record_count, last_hash, sealed_at_unix_ms) \
+         VALUES (1, 5, 5, ?1, 0)",
+        [&head.hash.0[..]],
+    )
+    .unwrap();
+    drop(conn);
+
+    let log = open(tmp.path());
+    assert_eq!(log.head(), head);
+    assert_eq!(log.append(crate::common::entry(5)).await.unwrap(), 6);
+    let first = segment_path(tmp.path(), 1);
+    assert!(
+        std::fs::metadata(&first).unwrap().permissions().readonly(),
+        "the seal was finished"
+    );
+    assert!(segment_path(tmp.path(), 2).exists());
+    let report = log.verify().await.unwrap();
+    assert!(report.ok, "{report:?}");
+    assert_eq!((report.records_checked, report.segments), (6, 2));
+}

@@ -1,0 +1,6 @@
+//! The crate's one integration-test binary.
+
+mod algorithms;
+mod memory;
+mod policy;
+mod redis;

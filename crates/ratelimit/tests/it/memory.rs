@@ -1,0 +1,311 @@
+//! The in-memory backend and the limiter over it.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use ratelimit::{
+    Algorithm, Backend, CheckError, Descriptor, FailureMode, Limit, Limiter, LimiterConfig,
+    MemoryBackend, MemoryConfig, Override, Policy, PolicySet,
+};
+
+const ALL: [Algorithm; 5] = [
+    Algorithm::SlidingWindowLog,
+    Algorithm::SlidingWindowCounter,
+    Algorithm::TokenBucket,
+    Algorithm::Gcra,
+    Algorithm::FixedWindow,
+];
+
+fn limiter_with(policies: &[Policy]) -> Limiter {
+    let mut set = PolicySet::default();
+    for p in policies {
+        set.insert(p.clone());
+    }
+    Limiter::new(set, LimiterConfig::default()).unwrap()
+}
+
+fn memory_policy(name: &str, algorithm: Algorithm, limit: u64, window: Duration) -> Policy {
+    Policy::new(
+        name,
+        Limit::new(algorithm, limit, window, 0).unwrap(),
+        Backend::Memory,
+        FailureMode::FailClosed,
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sixty_four_tasks_on_one_key_admit_exactly_the_limit() {
+    for algorithm in ALL {
+        // An hour-long window: the bucket refills nothing measurable during the test.
+        let limiter = Arc::new(limiter_with(&[memory_policy(
+            "p",
+            algorithm,
+            100,
+            Duration::from_secs(3600),
+        )]));
+        let tasks: Vec<_> = (0..64)
+            .map(|_| {
+                let limiter = Arc::clone(&limiter);
+                tokio::spawn(async move {
+                    let mut admitted = 0u64;
+                    for _ in 0..10 {
+                        let d = limiter
+                            .check(&Descriptor::policy("shared", 1, "p"))
+                            .await
+                            .unwrap();
+                        admitted += u64::from(d.allowed);
+                        tokio::task::yield_now().await;
+                    }
+                    admitted
+                })
+            })
+            .collect();
+        let mut total = 0;
+        for t in tasks {
+            total += t.await.unwrap();
+        }
+        assert_eq!(total, 100, "{algorithm:?}");
+        let stats = limiter
+            .stats()
+            .into_iter()
+            .find(|s| s.policy == "p")
+            .unwrap();
+        assert_eq!((stats.allowed, stats.denied), (100, 540), "{algorithm:?}");
+    }
+}
+
+#[test]
+fn a_million_unique_keys_stay_bounded_and_the_backend_recovers() {
+    let memory = MemoryBackend::new(&MemoryConfig {
+        shards: 16,
+        max_keys: 10_000,
+        sweep_interval: Duration::from_millis(20),
+    });
+    let window = Duration::from_millis(200);
+    let limit = Limit::new(Algorithm::FixedWindow, 2, window, 0).unwrap();
+    let sliding = Limit::new(Algorithm::SlidingWindowLog, 2, Duration::from_secs(60), 0).unwrap();
+    // A victim at its limit before the flood must still be limited during it.
+    assert!(memory.check("p", "victim", &sliding, 2).allowed);
+    let mut key = String::new();
+    let mut denied = 0u64;
+    for i in 0..1_000_000u32 {
+        key.clear();
+        key.push_str("flood-");
+        key.push_str(&i.to_string());
+        denied += u64::from(!memory.check("p", &key, &limit, 1).allowed);
+    }
+    assert!(memory.len() <= 10_000, "held {} keys", memory.len());
+    assert!(denied > 0 && memory.overflowed() == denied);
+    assert!(
+        !memory.check("p", "victim", &sliding, 1).allowed,
+        "flood reset a live key"
+    );
+    // Once the flood's windows have passed, its keys are swept and new keys are served.
+    std::thread::sleep(window + Duration::from_millis(50));
+    assert!(memory.check("p", "newcomer", &limit, 1).allowed);
+    memory.sweep();
+    assert!(
+        memory.len() <= 2,
+        "held {} keys after the sweep",
+        memory.len()
+    );
+    assert!(!memory.check("p", "victim", &sliding, 1).allowed);
+}
+
+#[test]
+fn idle_keys_are_evicted_after_their_window() {
+    let memory = MemoryBackend::new(&MemoryConfig::default());
+    for algorithm in ALL {
+        let limit = Limit::new(algorithm, 3, Duration::from_millis(30), 0).unwrap();
+        for i in 0..100 {
+            memory.check(algorithm.code(), &format!("k{i}"), &limit, 1);
+        }
+    }
+    assert_eq!(memory.len(), 500);
+    // The sliding counter remembers the previous window, so its state lasts two windows.
+    std::thread::sleep(Duration::from_millis(100));
+    memory.sweep();
+    assert!(memory.is_empty());
+}
+
+#[tokio::test]
+async fn check_many_is_all_or_nothing() {
+    let limiter = limiter_with(&[
+        memory_policy(
+            "user",
+            Algorithm::SlidingWindowLog,
+            3,
+            Duration::from_secs(60),
+        ),
+        memory_policy("tool", Algorithm::TokenBucket, 1, Duration::from_secs(60)),
+    ]);
+    let both = [
+        Descriptor::policy("alice", 1, "user"),
+        Descriptor::policy("alice:shell", 1, "tool"),
+    ];
+    let first = limiter.check_many(&both).await.unwrap();
+    assert!(first.allowed && first.decisions.iter().all(|d| d.allowed));
+    let second = limiter.check_many(&both).await.unwrap();
+    assert!(!second.allowed);
+    assert!(second.decisions[0].allowed && !second.decisions[1].allowed);
+    // The denied check consumed nothing under "user": two units are still left.
+    let peek = limiter
+        .check(&Descriptor::policy("alice", 0, "user"))
+        .await
+        .unwrap();
+    assert_eq!(peek.remaining, 2);
+    // Two descriptors on one key add up.
+    let twice = [
+        Descriptor::policy("bob", 2, "user"),
+        Descriptor::policy("bob", 2, "user"),
+    ];
+    assert!(!limiter.check_many(&twice).await.unwrap().allowed);
+    let peek = limiter
+        .check(&Descriptor::policy("bob", 0, "user"))
+        .await
+        .unwrap();
+    assert_eq!(peek.remaining, 3);
+    let inline = Limit::new(Algorithm::FixedWindow, 1, Duration::from_secs(60), 0).unwrap();
+    let mixed = [
+        Descriptor::policy("carol", 1, "user"),
+        Descriptor::inline("carol", 1, inline),
+    ];
+    assert!(limiter.check_many(&mixed).await.unwrap().allowed);
+}
+
+#[tokio::test]
+async fn decisions_carry_limit_remaining_and_times() {
+    let limiter = limiter_with(&[memory_policy(
+        "p",
+        Algorithm::SlidingWindowLog,
+        2,
+        Duration::from_secs(10),
+    )]);
+    let d = limiter
+        .check(&Descriptor::policy("k", 1, "p"))
+        .await
+        .unwrap();
+    assert_eq!(
+        (d.allowed, d.limit, d.remaining, d.retry_after),
+        (true, 2, 1, Duration::ZERO)
+    );
+    assert!(d.reset_after > Duration::from_secs(9) && d.reset_after <= Duration::from_secs(10));
+    limiter
+        .check(&Descriptor::policy("k", 1, "p"))
+        .await
+        .unwrap();
+    let d = limiter
+        .check(&Descriptor::policy("k", 1, "p"))
+        .await
+        .unwrap();
+    assert!(!d.allowed && d.remaining == 0);
+    assert!(d.retry_after > Duration::from_secs(9) && d.retry_after <= Duration::from_secs(10));
+    assert_eq!(
+        limiter.check(&Descriptor::policy("k", 3, "p")).await,
+        Err(CheckError::CostExceedsCapacity {
+            cost: 3,
+            capacity: 2
+        })
+    );
+    assert_eq!(
+        limiter.check(&Descriptor::policy("k", 1, "nope")).await,
+        Err(CheckError::UnknownPolicy("nope".into()))
+    );
+    limiter.reset("k", Some("p")).await.unwrap();
+    assert_eq!(
+        limiter
+            .check(&Descriptor::policy("k", 0, "p"))
+            .await
+            .unwrap()
+            .remaining,
+        2
+    );
+}
+
+#[tokio::test]
+async fn reload_keeps_counters_and_stats() {
+    let limiter = limiter_with(&[memory_policy(
+        "p",
+        Algorithm::SlidingWindowLog,
+        5,
+        Duration::from_secs(60),
+    )]);
+    for _ in 0..3 {
+        assert!(
+            limiter
+                .check(&Descriptor::policy("k", 1, "p"))
+                .await
+                .unwrap()
+                .allowed
+        );
+    }
+    let mut set = PolicySet::default();
+    set.insert(memory_policy(
+        "p",
+        Algorithm::SlidingWindowLog,
+        6,
+        Duration::from_secs(60),
+    ));
+    limiter.reload(set).unwrap();
+    let d = limiter
+        .check(&Descriptor::policy("k", 0, "p"))
+        .await
+        .unwrap();
+    assert_eq!((d.limit, d.remaining), (6, 3));
+    let stats = limiter
+        .stats()
+        .into_iter()
+        .find(|s| s.policy == "p")
+        .unwrap();
+    assert_eq!(stats.allowed, 4);
+}
+
+#[tokio::test]
+async fn overrides_and_tool_defaults_apply() {
+    let base = memory_policy("api", Algorithm::FixedWindow, 1, Duration::from_secs(60));
+    let vip = Limit::new(Algorithm::FixedWindow, 3, Duration::from_secs(60), 0).unwrap();
+    let limiter = limiter_with(&[base.with_override(Override {
+        identity: Some("vip".into()),
+        tool: None,
+        limit: vip,
+    })]);
+    let d = Descriptor::policy("vip", 0, "api").for_caller(Some("vip"), None);
+    assert_eq!(limiter.check(&d).await.unwrap().remaining, 3);
+    let d = Descriptor::policy("joe", 0, "api").for_caller(Some("joe"), None);
+    assert_eq!(limiter.check(&d).await.unwrap().remaining, 1);
+    // shell: five per minute, all available at once, the sixth denied.
+    for _ in 0..5 {
+        assert!(
+            limiter
+                .check_tool("alice", "shell", 1)
+                .await
+                .unwrap()
+                .unwrap()
+                .allowed
+        );
+    }
+    let sixth = limiter
+        .check_tool("alice", "shell", 1)
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(!sixth.allowed);
+    assert!(
+        sixth.retry_after > Duration::from_secs(11) && sixth.retry_after <= Duration::from_secs(12)
+    );
+    assert!(
+        limiter
+            .check_tool("bob", "shell", 1)
+            .await
+            .unwrap()
+            .unwrap()
+            .allowed
+    );
+    assert!(
+        limiter
+            .check_tool("alice", "unknown", 1)
+            .await
+            .unwrap()
+            .is_none()
+    );
+}

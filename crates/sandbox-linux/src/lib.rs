@@ -1,0 +1,95 @@
+//! The Linux sandbox: Landlock, seccomp-bpf, privilege dropping, rlimits and a per-run pids
+//! cgroup, applied between `fork` and `execve`.
+//!
+//! - [`profile`] is the policy-as-data module (system read set, seccomp deny list) and
+//!   [`render_linux_profile`] prints it; both compile on every host.
+//! - [`candidates`] returns the four Linux backends (`landlock`, `seccomp`, `soft`, `none`)
+//!   for [`sandbox_core::Manager::new`]; [`manager`] does both steps.
+//!
+//! # Fork safety
+//!
+//! Everything that allocates is built in the parent before `fork`: the Landlock ruleset (as a
+//! descriptor, with the crate `landlock`), the seccomp BPF programs (with `seccompiler`,
+//! cached per variant), every C string and pointer array, the rlimit table. Between `fork`
+//! and `execve` the child makes only raw, async-signal-safe system calls, in this order:
+//! reset the signal mask and SIGPIPE, join the run's pids cgroup, `setpgid(0, 0)`, install
+//! the pipes as stdin/stdout/stderr, mark every other descriptor close-on-exec, set hard
+//! rlimits, drop the capability bounding set, `setgroups`/`setresgid`/`setresuid` to the
+//! unprivileged run uid (when the server is root), `chdir`, `PR_SET_PDEATHSIG(SIGKILL)` (after
+//! the uid change, which clears it), `no_new_privs`, `landlock_restrict_self` on the prebuilt
+//! ruleset (not rust-landlock's `restrict_self`, which may allocate), the seccomp filters,
+//! `execve`. A failing step writes (step, errno) into a close-on-exec pipe and `_exit`s; the
+//! parent turns that into [`sandbox_core::RunError::Setup`] or
+//! [`sandbox_core::RunError::Exec`]. `std::process::Command::pre_exec` was not used because
+//! std changes the uid before `pre_exec` runs, too early for joining the cgroup and dropping
+//! the bounding set.
+//!
+//! `PR_SET_PDEATHSIG` fires when the *thread* that forked exits. The fork happens on the
+//! thread polling the run future, which for a tokio runtime is a long-lived worker thread;
+//! do not poll a run from a short-lived thread (for example inside `spawn_blocking`).
+//!
+//! # Containment
+//!
+//! As root, each run gets its own pids cgroup (`pids.max` = `max_processes`) and runs as the
+//! configured unprivileged uid/gid (default 65534). The cgroup bounds a fork bomb and lets
+//! the supervisor kill every process of the run, including `setsid`'d and double-forked ones,
+//! as soon as the main child exits or the timeout fires. `RLIMIT_NPROC` is then not set,
+//! because it counts every process of the uid across concurrent runs. Without root or without
+//! a pids controller, `RLIMIT_NPROC` bounds processes, `setsid` and `setpgid` are denied by
+//! seccomp so the process group holds the whole tree, and the report says `uid` or `rlimit`
+//! instead of `cgroup`.
+#![cfg_attr(not(target_os = "linux"), forbid(unsafe_code))]
+
+pub mod profile;
+
+#[cfg(target_os = "linux")]
+mod linux;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+pub use profile::render_linux_profile;
+use sandbox_core::{Manager, ManagerConfig, ManagerError, Sandbox};
+
+/// Settings of the Linux backends.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LinuxConfig {
+    /// The uid children run as when the server is root.
+    pub run_uid: u32,
+    /// The gid children run as when the server is root.
+    pub run_gid: u32,
+    /// Where per-run work directories are created.
+    pub work_root: PathBuf,
+    /// Use a per-run pids cgroup when the server is root and a pids controller is mounted.
+    pub cgroup: bool,
+}
+
+impl Default for LinuxConfig {
+    /// uid and gid 65534 (nobody), work directories under `$TMPDIR/cordon-runs`, cgroups on.
+    fn default() -> Self {
+        LinuxConfig {
+            run_uid: 65534,
+            run_gid: 65534,
+            work_root: std::env::temp_dir().join("cordon-runs"),
+            cgroup: true,
+        }
+    }
+}
+
+/// The Linux backends, strongest first (empty on other operating systems).
+pub fn candidates(config: &LinuxConfig) -> Vec<Arc<dyn Sandbox>> {
+    #[cfg(target_os = "linux")]
+    {
+        linux::candidates(config)
+    }
+    #[cfg(not(target_os = "linux"))]
+    {
+        let _ = config;
+        Vec::new()
+    }
+}
+
+/// Builds a [`Manager`] over the Linux backends.
+pub fn manager(config: &LinuxConfig, manager: ManagerConfig) -> Result<Manager, ManagerError> {
+    Manager::new(manager, candidates(config))
+}

@@ -1,0 +1,190 @@
+//! Per-run pids cgroups: a bounded process count and a reliable way to kill a whole tree.
+//!
+//! Each run gets `<pids root>/cordon/<server pid>/run-<n>` with `pids.max` set to the run's
+//! `max_processes`. The child joins it before dropping root (it writes `0`, meaning itself,
+//! to a `cgroup.procs` descriptor the parent opened), so every descendant is born inside and
+//! neither `setsid` nor double forking escapes. Killing the run kills every process listed
+//! in the cgroup until none is left.
+//!
+//! When the server starts it removes cgroups left by a server that crashed (its pid is gone),
+//! killing what is still inside, so a crash leaves nothing running for long.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Read};
+use std::os::fd::{AsFd, BorrowedFd};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+/// Where this server creates run cgroups.
+#[derive(Debug, Clone)]
+pub(crate) struct CgroupRoot {
+    base: PathBuf,
+    v2: bool,
+}
+
+impl CgroupRoot {
+    /// Finds a writable pids controller (cgroup v1 at `/sys/fs/cgroup/pids`, or v2 with
+    /// `pids` available) and prepares this server's directory; `None` when there is none.
+    pub(crate) fn detect() -> Option<Self> {
+        let v1 = Path::new("/sys/fs/cgroup/pids");
+        let (root, v2) = if v1.join("cgroup.procs").exists() {
+            (v1.to_owned(), false)
+        } else {
+            let unified = Path::new("/sys/fs/cgroup");
+            let controllers = fs::read_to_string(unified.join("cgroup.controllers")).ok()?;
+            if !controllers.split_whitespace().any(|c| c == "pids") {
+                return None;
+            }
+            (unified.to_owned(), true)
+        };
+        let cordon = root.join("cordon");
+        let base = cordon.join(std::process::id().to_string());
+        let prepare = || -> io::Result<()> {
+            if v2 {
+                fs::write(root.join("cgroup.subtree_control"), "+pids")?;
+            }
+            fs::create_dir_all(&cordon)?;
+            if v2 {
+                fs::write(cordon.join("cgroup.subtree_control"), "+pids")?;
+            }
+            sweep_stale(&cordon);
+            fs::create_dir_all(&base)?;
+            if v2 {
+                fs::write(base.join("cgroup.subtree_control"), "+pids")?;
+            }
+            if !base.join("pids.max").exists() {
+                return Err(io::Error::other("pids.max missing"));
+            }
+            Ok(())
+        };
+        match prepare() {
+            Ok(()) => Some(CgroupRoot { base, v2 }),
+            Err(error) => {
+                tracing::warn!(%error, root = %root.display(), "pids cgroup unusable");
+                None
+            }
+        }
+    }
+
+    /// Creates the cgroup of one run.
+    pub(crate) fn create_run(&self, max_processes: u64) -> io::Result<RunCgroup> {
+        static COUNTER: AtomicU64 = AtomicU64::new(0);
+        let dir = self
+            .base
+            .join(format!("run-{}", COUNTER.fetch_add(1, Ordering::Relaxed)));
+        fs::create_dir(&dir)?;
+        // From here on, dropping the value removes the directory again on any error.
+        let mut cgroup = RunCgroup {
+            procs: None,
+            dir,
+            v2: self.v2,
+        };
+        fs::write(cgroup.dir.join("pids.max"), max_processes.to_string())?;
+        cgroup.procs = Some(
+            OpenOptions::new()
+                .write(true)
+                .open(cgroup.dir.join("cgroup.procs"))?,
+        );
+        Ok(cgroup)
+    }
+}
+
+/// Kills and removes cgroups of servers that are no longer running.
+fn sweep_stale(cordon: &Path) {
+    let Ok(entries) = fs::read_dir(cordon) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let Some(pid) = name.to_str().and_then(|n| n.parse::<u32>().ok()) else {
+            continue;
+        };
+        if pid == std::process::id() || Path::new(&format!("/proc/{pid}")).exists() {
+            continue;
+        }
+        if let Ok(runs) = fs::read_dir(entry.path()) {
+            for run in runs.flatten().filter(|r| r.path().is_dir()) {
+                kill_listed(&run.path());
+                let _ = fs::remove_dir(run.path());
+            }
+        }
+        let _ = fs::remove_dir(entry.path());
+        tracing::warn!(pid, "removed the sandbox cgroups of a server that is gone");
+    }
+}
+
+/// Sends SIGKILL to every process in the cgroup at `dir` until none is left (bounded).
+fn kill_listed(dir: &Path) -> bool {
+    let procs = dir.join("cgroup.procs");
+    for round in 0..200 {
+        let mut text = String::new();
+        if File::open(&procs)
+            .and_then(|mut f| f.read_to_string(&mut text))
+            .is_err()
+        {
+            return true;
+        }
+        let pids: Vec<libc::pid_t> = text.lines().filter_map(|l| l.parse().ok()).collect();
+        if pids.is_empty() {
+            return true;
+        }
+        for pid in pids {
+            // SAFETY: kill has no memory effects; a pid that exited in between is ESRCH.
+            unsafe { libc::kill(pid, libc::SIGKILL) };
+        }
+        if round > 0 {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    }
+    false
+}
+
+/// The cgroup of one run; dropping it kills what is left inside and removes it.
+#[derive(Debug)]
+pub(crate) struct RunCgroup {
+    dir: PathBuf,
+    procs: Option<File>,
+    v2: bool,
+}
+
+impl RunCgroup {
+    /// The `cgroup.procs` descriptor the child writes `0` into.
+    pub(crate) fn procs_fd(&self) -> Option<BorrowedFd<'_>> {
+        self.procs.as_ref().map(|f| f.as_fd())
+    }
+
+    /// Kills every process of the run; true when the cgroup is empty afterwards.
+    pub(crate) fn kill_all(&self) -> bool {
+        if self.v2 {
+            let _ = fs::write(self.dir.join("cgroup.kill"), "1");
+        }
+        kill_listed(&self.dir)
+    }
+
+    /// How many forks `pids.max` refused.
+    pub(crate) fn limit_hits(&self) -> u64 {
+        fs::read_to_string(self.dir.join("pids.events"))
+            .ok()
+            .and_then(|t| {
+                t.lines()
+                    .find_map(|l| l.strip_prefix("max ").map(|n| n.trim().parse().ok()))
+                    .flatten()
+            })
+            .unwrap_or(0)
+    }
+}
+
+impl Drop for RunCgroup {
+    fn drop(&mut self) {
+        self.procs = None;
+        for _ in 0..50 {
+            self.kill_all();
+            if fs::remove_dir(&self.dir).is_ok() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        tracing::warn!(dir = %self.dir.display(), "cannot remove run cgroup");
+    }
+}

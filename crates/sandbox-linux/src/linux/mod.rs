@@ -1,0 +1,551 @@
+//! The Linux backends: one [`LinuxSandbox`] per technology, sharing the host probe.
+
+mod cgroup;
+mod landlock;
+mod seccomp;
+mod spawn;
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::io;
+use std::os::fd::{AsFd, OwnedFd};
+use std::path::PathBuf;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::Instant;
+
+use sandbox_core::supervise::{
+    ExitInfo, ProcessControl, WorkDir, child_environment, resolve_program, supervise,
+};
+use sandbox_core::{
+    Capabilities, Containment, EnforcementReport, LandlockStatus, NetworkPolicy, RunError,
+    RunFuture, RunOptions, RunOutcome, RunRequest, Sandbox, Technology, Usage,
+};
+use tokio::io::unix::AsyncFd;
+
+use crate::LinuxConfig;
+use crate::profile;
+use cgroup::{CgroupRoot, RunCgroup};
+
+/// What this host offers, probed once.
+#[derive(Debug)]
+struct Host {
+    landlock_abi: u32,
+    seccomp: bool,
+    root: bool,
+    cap_last_cap: u32,
+    caps_empty: bool,
+    cgroup: Option<CgroupRoot>,
+}
+
+impl Host {
+    fn probe(config: &LinuxConfig) -> Self {
+        // SAFETY: geteuid has no preconditions.
+        let root = unsafe { libc::geteuid() } == 0;
+        // SAFETY: PR_GET_SECCOMP takes no pointer arguments.
+        let seccomp = unsafe { libc::prctl(libc::PR_GET_SECCOMP, 0, 0, 0, 0) } >= 0;
+        let cap_last_cap = std::fs::read_to_string("/proc/sys/kernel/cap_last_cap")
+            .ok()
+            .and_then(|s| s.trim().parse().ok())
+            .unwrap_or(40);
+        let caps_empty = std::fs::read_to_string("/proc/self/status")
+            .ok()
+            .and_then(|s| {
+                s.lines()
+                    .find_map(|l| l.strip_prefix("CapPrm:").map(|v| v.trim().to_owned()))
+            })
+            .is_some_and(|v| v.chars().all(|c| c == '0'));
+        let cgroup = if root && config.cgroup {
+            static ROOT: OnceLock<Option<CgroupRoot>> = OnceLock::new();
+            ROOT.get_or_init(CgroupRoot::detect).clone()
+        } else {
+            None
+        };
+        Host {
+            landlock_abi: landlock::kernel_abi(),
+            seccomp,
+            root,
+            cap_last_cap,
+            caps_empty,
+            cgroup,
+        }
+    }
+}
+
+/// Which layers a technology applies.
+#[derive(Debug, Clone, Copy)]
+struct Layers {
+    landlock: bool,
+    seccomp: bool,
+    no_new_privs: bool,
+    rlimits: bool,
+}
+
+impl Layers {
+    fn of(technology: Technology) -> Self {
+        let (landlock, seccomp, hardening) = match technology {
+            Technology::Landlock | Technology::Auto => (true, true, true),
+            Technology::Seccomp => (false, true, true),
+            Technology::Soft => (false, false, true),
+            Technology::None => (false, false, false),
+        };
+        Layers {
+            landlock,
+            seccomp,
+            no_new_privs: hardening,
+            rlimits: hardening,
+        }
+    }
+}
+
+#[derive(Debug)]
+struct Inner {
+    technology: Technology,
+    layers: Layers,
+    host: Arc<Host>,
+    config: LinuxConfig,
+}
+
+/// A Linux sandbox backend for one [`Technology`].
+#[derive(Debug, Clone)]
+pub(crate) struct LinuxSandbox {
+    inner: Arc<Inner>,
+}
+
+/// The four Linux backends, strongest first.
+pub(crate) fn candidates(config: &LinuxConfig) -> Vec<Arc<dyn Sandbox>> {
+    let host = Arc::new(Host::probe(config));
+    [
+        Technology::Landlock,
+        Technology::Seccomp,
+        Technology::Soft,
+        Technology::None,
+    ]
+    .into_iter()
+    .map(|technology| {
+        Arc::new(LinuxSandbox {
+            inner: Arc::new(Inner {
+                technology,
+                layers: Layers::of(technology),
+                host: Arc::clone(&host),
+                config: config.clone(),
+            }),
+        }) as Arc<dyn Sandbox>
+    })
+    .collect()
+}
+
+impl Inner {
+    fn containment(&self, cgroup: bool) -> Containment {
+        if cgroup {
+            Containment::Cgroup
+        } else if !self.layers.rlimits {
+            Containment::None
+        } else if self.host.root {
+            Containment::Uid
+        } else {
+            Containment::Rlimit
+        }
+    }
+
+    fn uid(&self) -> u32 {
+        if self.host.root {
+            self.config.run_uid
+        } else {
+            // SAFETY: geteuid has no preconditions.
+            unsafe { libc::geteuid() }
+        }
+    }
+
+    fn capabilities_dropped(&self) -> bool {
+        self.host.root || self.host.caps_empty
+    }
+
+    fn missing(&self, report: &EnforcementReport) -> Vec<String> {
+        let mut missing = Vec::new();
+        let mut need = |ok: bool, name: &str| {
+            if !ok {
+                missing.push(name.to_owned());
+            }
+        };
+        need(report.filesystem, "filesystem");
+        need(report.network_ports, "network_ports");
+        need(report.ipc_scoping, "ipc_scoping");
+        need(report.seccomp, "seccomp");
+        need(report.no_new_privs, "no_new_privs");
+        need(report.rlimits, "rlimits");
+        need(
+            report.process_containment == Containment::Cgroup,
+            "process_containment:cgroup",
+        );
+        missing
+    }
+
+    fn capabilities(&self) -> Capabilities {
+        let landlock = self.layers.landlock && self.host.landlock_abi > 0;
+        let abi = if landlock { self.host.landlock_abi } else { 0 };
+        let mut layers = BTreeMap::new();
+        let mut layer = |name: &str, text: String| {
+            layers.insert(name.to_owned(), text);
+        };
+        layer(
+            "filesystem",
+            if landlock {
+                format!("landlock ABI {abi}: read and write allow-lists, deny by default")
+            } else {
+                "not enforced: paths are validated but the kernel does not restrict access".into()
+            },
+        );
+        layer(
+            "network",
+            match (landlock && abi >= landlock::ABI_NET, self.layers.seccomp) {
+                (true, _) => "landlock TCP connect and bind port allow-lists; seccomp socket \
+                              families per policy"
+                    .into(),
+                (false, true) => {
+                    "seccomp socket families per policy; TCP ports not restricted".into()
+                }
+                (false, false) => "not enforced".into(),
+            },
+        );
+        layer(
+            "ipc_scoping",
+            if landlock && abi >= landlock::ABI_SCOPE {
+                "landlock scoping of abstract unix sockets and signals".into()
+            } else {
+                "not enforced".into()
+            },
+        );
+        layer(
+            "seccomp",
+            if self.layers.seccomp {
+                format!(
+                    "deny list of {} syscalls, namespace clone flags, TIOCSTI/TIOCLINUX, \
+                     personality; x32 and foreign architectures killed; clone3 -> ENOSYS",
+                    profile::DENIED_SYSCALLS.len()
+                )
+            } else {
+                "not enforced".into()
+            },
+        );
+        layer(
+            "privileges",
+            format!(
+                "no_new_privs: {}; capabilities dropped: {}; child uid {}",
+                self.layers.no_new_privs,
+                self.capabilities_dropped(),
+                self.uid()
+            ),
+        );
+        layer(
+            "limits",
+            if self.layers.rlimits {
+                "hard rlimits: address space, CPU time, file size, open files, core 0".into()
+            } else {
+                "not enforced (wall-clock timeout and output caps only)".into()
+            },
+        );
+        let containment = self.containment(self.host.cgroup.is_some());
+        layer(
+            "process_containment",
+            match containment {
+                Containment::Cgroup => {
+                    "per-run pids cgroup: process count bounded, whole tree killed".into()
+                }
+                Containment::Uid => {
+                    "unprivileged uid with RLIMIT_NPROC; process group killed".into()
+                }
+                Containment::Rlimit => {
+                    "RLIMIT_NPROC of the server's uid; process group killed".into()
+                }
+                Containment::None => "process group killed; process count not bounded".into(),
+            },
+        );
+        Capabilities {
+            platform: "linux",
+            backend: self.technology.as_str(),
+            landlock_abi: abi,
+            seccomp: self.layers.seccomp && self.host.seccomp,
+            layers,
+            kernel_enforced: landlock && self.layers.seccomp && self.host.seccomp,
+            process_containment: containment,
+        }
+    }
+
+    async fn run(
+        self: Arc<Self>,
+        request: RunRequest,
+        options: RunOptions,
+    ) -> Result<RunOutcome, RunError> {
+        let policy = request.policy();
+        let limits = *policy.limits();
+        let owner = self
+            .host
+            .root
+            .then_some((self.config.run_uid, self.config.run_gid));
+        let work = match request.cwd() {
+            Some(cwd) => WorkDir::existing(cwd),
+            None => {
+                WorkDir::create(&self.config.work_root, owner).map_err(|source| RunError::Io {
+                    what: "creating the run directory",
+                    source,
+                })?
+            }
+        };
+        let program = resolve_program(&request.argv()[0], work.path())?;
+        let env = child_environment(request.env(), work.path());
+        let ruleset = if self.layers.landlock {
+            Some(landlock::build(
+                policy,
+                work.path(),
+                self.host.landlock_abi,
+            )?)
+        } else {
+            None
+        };
+        let cgroup = match &self.host.cgroup {
+            Some(root) => {
+                Some(
+                    root.create_run(limits.max_processes)
+                        .map_err(|source| RunError::Io {
+                            what: "creating the run cgroup",
+                            source,
+                        })?,
+                )
+            }
+            None => None,
+        };
+        let tcp = matches!(policy.network(), NetworkPolicy::Tcp { .. });
+        let programs = if self.layers.seccomp {
+            let variant = seccomp::Variant {
+                tcp,
+                unix_sockets: policy.allow_unix_sockets(),
+                lock_process_group: cgroup.is_none(),
+            };
+            Some(seccomp::programs(variant).map_err(|e| RunError::Io {
+                what: "compiling the seccomp filter",
+                source: io::Error::other(e),
+            })?)
+        } else {
+            None
+        };
+
+        let mut report = EnforcementReport {
+            backend: self.technology.as_str(),
+            platform: "linux",
+            landlock_abi: if ruleset.is_some() {
+                self.host.landlock_abi
+            } else {
+                0
+            },
+            landlock_status: ruleset
+                .as_ref()
+                .map_or(LandlockStatus::NotEnforced, |r| r.status),
+            filesystem: ruleset.is_some(),
+            network_ports: ruleset.as_ref().is_some_and(|r| r.network_ports)
+                || (programs.is_some() && !tcp),
+            ipc_scoping: ruleset.as_ref().is_some_and(|r| r.ipc_scoping),
+            seccomp: programs.is_some(),
+            no_new_privs: self.layers.no_new_privs,
+            capabilities_dropped: self.capabilities_dropped(),
+            rlimits: self.layers.rlimits,
+            process_containment: self.containment(cgroup.is_some()),
+            uid: self.uid(),
+            missing: Vec::new(),
+            kernel_enforced: ruleset.is_some() && programs.is_some(),
+        };
+        report.missing = self.missing(&report);
+
+        let spec = spawn::SpawnSpec {
+            program: &program,
+            argv: request.argv(),
+            env: &env,
+            cwd: work.path(),
+            limits: self.layers.rlimits.then_some(&limits),
+            nproc: cgroup.is_none(),
+            credentials: owner,
+            drop_bounding_set: self.host.root.then_some(self.host.cap_last_cap),
+            no_new_privs: self.layers.no_new_privs,
+            cgroup_procs: cgroup.as_ref().and_then(|c| c.procs_fd()),
+            landlock: ruleset.as_ref().map(|r| r.fd.as_fd()),
+            seccomp: programs.as_deref().map_or(&[], |p| &p[..]),
+        };
+        let started = Instant::now();
+        let spawned = spawn::spawn(&spec)?;
+        drop(ruleset);
+        let control = LinuxChild {
+            pid: spawned.pid,
+            // SAFETY: the descriptor is owned by the AsyncFd and stays open as long as it.
+            pidfd: unsafe { AsyncFd::register(spawned.pidfd) }.map_err(|e| RunError::Io {
+                what: "watching the child",
+                source: io::Error::from(e),
+            })?,
+            cgroup,
+            reaped: AtomicBool::new(false),
+        };
+        let supervised = supervise(
+            &control,
+            spawned.pipes,
+            request.stdin().to_vec(),
+            &limits,
+            options.output,
+            started,
+        )
+        .await?;
+
+        let mut violations = Vec::new();
+        if supervised.timed_out {
+            violations.push("timeout".to_owned());
+        }
+        match supervised.exit.signal {
+            Some(libc::SIGXCPU) => violations.push("cpu_time_limit".to_owned()),
+            Some(libc::SIGXFSZ) => violations.push("file_size_limit".to_owned()),
+            Some(libc::SIGSYS) => violations.push("seccomp_kill".to_owned()),
+            _ => {}
+        }
+        violations.extend(control.violations());
+        drop(control);
+        drop(work);
+        Ok(RunOutcome {
+            exit_code: supervised.exit.exit_code,
+            signal: supervised.exit.signal,
+            timed_out: supervised.timed_out,
+            stdout: supervised.stdout,
+            stderr: supervised.stderr,
+            usage: Usage {
+                user_cpu_us: supervised.exit.user_cpu_us,
+                sys_cpu_us: supervised.exit.sys_cpu_us,
+                max_rss_bytes: supervised.exit.max_rss_bytes,
+                wall_us: supervised.wall_us,
+            },
+            enforcement: report,
+            violations,
+        })
+    }
+}
+
+impl Sandbox for LinuxSandbox {
+    fn technology(&self) -> Technology {
+        self.inner.technology
+    }
+
+    fn is_available(&self) -> bool {
+        let host = &self.inner.host;
+        match self.inner.technology {
+            Technology::Landlock | Technology::Auto => host.landlock_abi > 0 && host.seccomp,
+            Technology::Seccomp => host.seccomp,
+            Technology::Soft | Technology::None => true,
+        }
+    }
+
+    fn capabilities(&self) -> Capabilities {
+        self.inner.capabilities()
+    }
+
+    fn system_read_paths(&self) -> Vec<PathBuf> {
+        profile::SYSTEM_READ_PATHS
+            .iter()
+            .chain(profile::SYSTEM_WRITE_PATHS)
+            .map(PathBuf::from)
+            .collect()
+    }
+
+    fn run(&self, request: RunRequest, options: RunOptions) -> RunFuture {
+        Box::pin(Arc::clone(&self.inner).run(request, options))
+    }
+}
+
+/// The parent's handle on a running child.
+#[derive(Debug)]
+struct LinuxChild {
+    pid: libc::pid_t,
+    pidfd: AsyncFd<OwnedFd>,
+    cgroup: Option<RunCgroup>,
+    reaped: AtomicBool,
+}
+
+impl LinuxChild {
+    /// Reaps the child if it has exited; `None` if it is still running.
+    fn try_reap(&self, flags: libc::c_int) -> io::Result<Option<ExitInfo>> {
+        let mut status = 0;
+        // SAFETY: rusage is plain data that wait4 fills.
+        let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+        // SAFETY: pid is our unreaped child; status and usage are valid pointers.
+        let r = unsafe { libc::wait4(self.pid, &mut status, flags, &mut usage) };
+        if r < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        if r == 0 {
+            return Ok(None);
+        }
+        self.reaped.store(true, Ordering::SeqCst);
+        let micros = |t: libc::timeval| {
+            u64::try_from(t.tv_sec).unwrap_or(0) * 1_000_000 + u64::try_from(t.tv_usec).unwrap_or(0)
+        };
+        let exited = libc::WIFEXITED(status);
+        Ok(Some(ExitInfo {
+            exit_code: exited.then(|| libc::WEXITSTATUS(status)),
+            signal: libc::WIFSIGNALED(status).then(|| libc::WTERMSIG(status)),
+            user_cpu_us: micros(usage.ru_utime),
+            sys_cpu_us: micros(usage.ru_stime),
+            max_rss_bytes: u64::try_from(usage.ru_maxrss).unwrap_or(0) * 1024,
+        }))
+    }
+}
+
+impl ProcessControl for LinuxChild {
+    fn wait_exit(&self) -> Pin<Box<dyn Future<Output = io::Result<ExitInfo>> + Send + '_>> {
+        Box::pin(async move {
+            loop {
+                let mut guard = self.pidfd.readable().await?;
+                if let Some(exit) = self.try_reap(libc::WNOHANG)? {
+                    return Ok(exit);
+                }
+                guard.clear_ready();
+            }
+        })
+    }
+
+    fn kill_tree(&self) {
+        if let Some(cgroup) = &self.cgroup {
+            cgroup.kill_all();
+        }
+        // SAFETY: kill has no memory effects. The process group id is the child's pid
+        // (setpgid(0, 0) in the child); it cannot be reused while a member is alive.
+        unsafe {
+            libc::kill(-self.pid, libc::SIGKILL);
+            if !self.reaped.load(Ordering::SeqCst) {
+                libc::kill(self.pid, libc::SIGKILL);
+            }
+        }
+    }
+
+    fn violations(&self) -> Vec<String> {
+        match &self.cgroup {
+            Some(c) if c.limit_hits() > 0 => {
+                vec![format!("process_limit ({} forks refused)", c.limit_hits())]
+            }
+            _ => Vec::new(),
+        }
+    }
+}
+
+impl Drop for LinuxChild {
+    fn drop(&mut self) {
+        if self.reaped.load(Ordering::SeqCst) {
+            return;
+        }
+        // The run was cancelled: kill everything, then reap the child off the async thread
+        // (a SIGKILLed process exits promptly, but not necessarily before we return).
+        self.kill_tree();
+        if let Ok(Some(_)) = self.try_reap(libc::WNOHANG) {
+            return;
+        }
+        let pid = self.pid;
+        std::thread::spawn(move || {
+            // SAFETY: pid is our unreaped child; a null status pointer is allowed.
+            unsafe { libc::waitpid(pid, std::ptr::null_mut(), 0) };
+        });
+    }
+}

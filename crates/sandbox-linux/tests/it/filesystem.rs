@@ -1,0 +1,164 @@
+//! File system attacks: each checks the effect from outside.
+
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+
+use sandbox_core::PolicySpec;
+
+use crate::*;
+
+fn secret_dir() -> tempfile::TempDir {
+    let dir = open_dir();
+    let secret = dir.path().join("secret.txt");
+    std::fs::write(&secret, "top secret").unwrap();
+    std::fs::set_permissions(&secret, std::fs::Permissions::from_mode(0o666)).unwrap();
+    dir
+}
+
+#[test]
+fn reading_outside_the_allow_list_is_denied() {
+    let dir = secret_dir();
+    let secret = dir.path().join("secret.txt");
+    let out = attack(
+        policy(PolicySpec::default()),
+        &format!(
+            "attempt(lambda: print(open({:?}).read()))",
+            secret.display().to_string()
+        ),
+    );
+    if fs_enforced(&out) {
+        assert_eq!(stdout(&out), "DENIED EACCES\n", "{}", stderr(&out));
+    }
+    // The server's own files too (here: this test binary's directory).
+    let exe = std::env::current_exe().unwrap();
+    let out = attack(
+        policy(PolicySpec::default()),
+        &format!(
+            "attempt(lambda: open({:?}, 'rb').read(1))",
+            exe.display().to_string()
+        ),
+    );
+    if fs_enforced(&out) {
+        assert_eq!(stdout(&out), "DENIED EACCES\n", "{}", stderr(&out));
+    }
+}
+
+#[test]
+fn writing_outside_is_denied_and_no_file_appears() {
+    let dir = open_dir();
+    let target = dir.path().join("planted");
+    let out = attack(
+        policy(PolicySpec::default()),
+        &format!(
+            "attempt(lambda: open({:?}, 'w').write('x'))",
+            target.display().to_string()
+        ),
+    );
+    if fs_enforced(&out) {
+        assert_eq!(stdout(&out), "DENIED EACCES\n", "{}", stderr(&out));
+        assert!(!target.exists());
+    }
+}
+
+#[test]
+fn a_read_only_grant_cannot_be_written_renamed_or_deleted() {
+    let dir = secret_dir();
+    let secret = dir.path().join("secret.txt");
+    let spec = PolicySpec {
+        read_paths: vec![dir.path().display().to_string()],
+        ..PolicySpec::default()
+    };
+    let code = format!(
+        "s = {s:?}\nattempt(lambda: open(s).read())\nattempt(lambda: open(s, 'a').write('x'))\n\
+         attempt(lambda: open(s + '.new', 'w'))\n\
+         attempt(lambda: os.rename(s, os.environ['HOME'] + '/stolen'))\n\
+         attempt(lambda: os.unlink(s))",
+        s = secret.display().to_string()
+    );
+    let out = attack(policy(spec), &code);
+    if fs_enforced(&out) {
+        assert_eq!(
+            stdout(&out),
+            "ALLOWED\nDENIED EACCES\nDENIED EACCES\nDENIED EACCES\nDENIED EACCES\n",
+            "{}",
+            stderr(&out)
+        );
+    }
+    assert_eq!(std::fs::read_to_string(&secret).unwrap(), "top secret");
+    assert!(!dir.path().join("secret.txt.new").exists());
+}
+
+#[test]
+fn symlinks_and_hardlinks_do_not_reach_outside() {
+    let dir = secret_dir();
+    let secret = dir.path().join("secret.txt");
+    // A symlink the attacker finds inside a granted directory, pointing outside.
+    let granted = open_dir();
+    std::os::unix::fs::symlink(&secret, granted.path().join("link")).unwrap();
+    let spec = PolicySpec {
+        read_paths: vec![granted.path().display().to_string()],
+        ..PolicySpec::default()
+    };
+    let code = format!(
+        "s = {s:?}\nattempt(lambda: open({l:?}).read())\n\
+         attempt(lambda: os.symlink(s, 'mine') or open('mine').read())\n\
+         attempt(lambda: os.link(s, 'hard'))",
+        s = secret.display().to_string(),
+        l = granted.path().join("link").display().to_string()
+    );
+    let out = attack(policy(spec), &code);
+    if fs_enforced(&out) {
+        let text = stdout(&out);
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines[0], "DENIED EACCES", "{text} {}", stderr(&out));
+        assert_eq!(lines[1], "DENIED EACCES", "{text}");
+        assert!(
+            lines[2] == "DENIED EXDEV" || lines[2] == "DENIED EPERM",
+            "{text}"
+        );
+    }
+    assert_eq!(std::fs::metadata(&secret).unwrap().nlink(), 1);
+}
+
+#[test]
+fn mknod_of_a_device_is_denied() {
+    let dir = open_dir();
+    let outside = dir.path().join("null2");
+    let code = format!(
+        "import stat\nattempt(lambda: os.mknod('dev', stat.S_IFCHR | 0o666, os.makedev(1, 3)))\n\
+         attempt(lambda: os.mknod({o:?}, stat.S_IFIFO | 0o666))",
+        o = outside.display().to_string()
+    );
+    let out = attack(policy(PolicySpec::default()), &code);
+    let text = stdout(&out);
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines[0], "DENIED EPERM", "{text} {}", stderr(&out));
+    if fs_enforced(&out) {
+        assert_eq!(lines[1], "DENIED EACCES", "{text}");
+    }
+    assert!(!outside.exists());
+}
+
+#[test]
+fn the_servers_environment_is_unreachable_through_proc() {
+    // Even with /proc granted, the server's environ stays closed: another uid, and Landlock
+    // forbids ptrace-mode access to processes outside the sandbox.
+    let spec = PolicySpec {
+        read_paths: vec!["/proc".into()],
+        ..PolicySpec::default()
+    };
+    let out = attack(
+        policy(spec),
+        &format!(
+            "attempt(lambda: print(open('/proc/{}/environ','rb').read()))\n\
+             attempt(lambda: print(open('/proc/self/environ','rb').read()[:0]))",
+            std::process::id()
+        ),
+    );
+    let text = stdout(&out);
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines[0], "DENIED EACCES", "{text} {}", stderr(&out));
+    assert!(
+        lines.contains(&"ALLOWED"),
+        "own environ stays readable: {text}"
+    );
+}

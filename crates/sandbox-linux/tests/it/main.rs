@@ -1,0 +1,171 @@
+//! Enforcement tests: real attacks in real child processes through the public API, with
+//! their effects checked from outside.
+#![cfg(target_os = "linux")]
+
+mod filesystem;
+mod limits;
+mod manager;
+mod network;
+mod positive;
+mod process;
+mod syscalls;
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+use std::sync::Arc;
+
+use sandbox_core::{Policy, PolicySpec, RunOptions, RunOutcome, RunRequest, Sandbox, Technology};
+use sandbox_linux::LinuxConfig;
+
+/// The Landlock ABI of this kernel, asked directly rather than through the library.
+pub fn kernel_landlock_abi() -> u32 {
+    // SAFETY: the version query reads and writes no memory.
+    let abi = unsafe {
+        libc::syscall(
+            libc::SYS_landlock_create_ruleset,
+            std::ptr::null::<libc::c_void>(),
+            0usize,
+            1u32,
+        )
+    };
+    u32::try_from(abi).unwrap_or(0)
+}
+
+pub fn is_root() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    unsafe { libc::geteuid() == 0 }
+}
+
+/// The backend `auto` would pick on this host.
+pub fn backend(technology: Technology) -> Arc<dyn Sandbox> {
+    sandbox_linux::candidates(&LinuxConfig::default())
+        .into_iter()
+        .find(|c| c.technology() == technology)
+        .expect("every technology has a linux backend")
+}
+
+pub fn strongest() -> Arc<dyn Sandbox> {
+    let technology = if kernel_landlock_abi() > 0 {
+        Technology::Landlock
+    } else {
+        Technology::Seccomp
+    };
+    backend(technology)
+}
+
+pub fn policy(spec: PolicySpec) -> Policy {
+    Policy::new(&spec).expect("valid policy")
+}
+
+pub fn run_on(sandbox: &Arc<dyn Sandbox>, request: RunRequest) -> RunOutcome {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime")
+        .block_on(sandbox.run(request, RunOptions::default()))
+        .expect("run succeeds")
+}
+
+/// Runs `argv` with the strongest backend.
+pub fn run(policy: Policy, argv: &[&str]) -> RunOutcome {
+    let request =
+        RunRequest::new(argv.iter().map(|s| s.to_string()).collect(), policy).expect("request");
+    run_on(&strongest(), request)
+}
+
+/// Runs a python3 program with the strongest backend.
+pub fn python(policy: Policy, code: &str) -> RunOutcome {
+    assert!(
+        Path::new("/usr/bin/python3").exists(),
+        "python3 is required: apt-get install -y python3"
+    );
+    run(policy, &["python3", "-c", code])
+}
+
+/// A directory outside every grant that the run uid could otherwise use (mode 0777 so that
+/// only the sandbox, not file permissions, stands in the way).
+pub fn open_dir() -> tempfile::TempDir {
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o777)).expect("chmod");
+    dir
+}
+
+pub fn stdout(outcome: &RunOutcome) -> String {
+    String::from_utf8_lossy(&outcome.stdout.bytes).into_owned()
+}
+
+pub fn stderr(outcome: &RunOutcome) -> String {
+    String::from_utf8_lossy(&outcome.stderr.bytes).into_owned()
+}
+
+/// Whether the file system layer is kernel-enforced here; when it is not, asserts the report
+/// says so honestly.
+pub fn fs_enforced(outcome: &RunOutcome) -> bool {
+    if kernel_landlock_abi() > 0 {
+        assert!(outcome.enforcement.filesystem, "{:?}", outcome.enforcement);
+        true
+    } else {
+        assert!(!outcome.enforcement.filesystem);
+        assert!(
+            outcome
+                .enforcement
+                .missing
+                .contains(&"filesystem".to_owned())
+        );
+        false
+    }
+}
+
+/// Python prelude: `attempt(f)` prints `ALLOWED` or `DENIED <ERRNO>`; `sys_call(nr, *args)`
+/// prints the raw syscall's result and errno name.
+pub const PRELUDE: &str = r#"
+import ctypes, errno, os, sys
+def attempt(f):
+    try:
+        f()
+        print("ALLOWED", flush=True)
+    except OSError as e:
+        print("DENIED", errno.errorcode.get(e.errno, e.errno), flush=True)
+_libc = ctypes.CDLL(None, use_errno=True)
+def sys_call(nr, *args):
+    r = _libc.syscall(ctypes.c_long(nr), *[ctypes.c_long(a) for a in args])
+    e = ctypes.get_errno()
+    print("DENIED" if r == -1 else "ALLOWED", errno.errorcode.get(e, e) if r == -1 else r, flush=True)
+"#;
+
+/// Runs `code` after [`PRELUDE`].
+pub fn attack(policy: Policy, code: &str) -> RunOutcome {
+    python(policy, &format!("{PRELUDE}\n{code}"))
+}
+
+/// Pids of live processes whose command line contains `marker`.
+pub fn processes_with(marker: &str) -> Vec<u32> {
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir("/proc").expect("/proc").flatten() {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|n| n.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        if let Ok(cmdline) = std::fs::read(entry.path().join("cmdline"))
+            && String::from_utf8_lossy(&cmdline).contains(marker)
+        {
+            found.push(pid);
+        }
+    }
+    found
+}
+
+/// A unique marker for one test's processes.
+pub fn marker(name: &str) -> String {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static N: AtomicU32 = AtomicU32::new(0);
+    format!(
+        "{}.{}{}",
+        std::process::id() % 1000 + 1000,
+        N.fetch_add(1, Ordering::Relaxed),
+        name.len()
+    )
+}

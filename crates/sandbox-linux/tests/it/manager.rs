@@ -1,0 +1,242 @@
+//! Backend selection, gating and reporting through the manager.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use sandbox_core::{
+    Ceiling, CeilingConfig, Limits, ManagerConfig, ManagerError, PolicyError, PolicySpec, RunError,
+    RunOptions, RunRequest, Technology,
+};
+use sandbox_linux::LinuxConfig;
+
+use crate::*;
+
+fn config(technology: Technology, max: usize) -> ManagerConfig {
+    ManagerConfig {
+        technology,
+        ceiling: Ceiling::unrestricted(),
+        max_concurrent_runs: max,
+    }
+}
+
+fn rt() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+#[test]
+fn naming_landlock_requires_landlock() {
+    let result = sandbox_linux::manager(&LinuxConfig::default(), config(Technology::Landlock, 4));
+    if kernel_landlock_abi() > 0 {
+        let manager = result.expect("landlock is available");
+        assert_eq!(manager.capabilities().backend, "landlock");
+        assert!(manager.capabilities().kernel_enforced);
+        assert_eq!(manager.capabilities().landlock_abi, kernel_landlock_abi());
+    } else {
+        assert!(matches!(result, Err(ManagerError::Unavailable { .. })));
+    }
+    let auto = sandbox_linux::manager(&LinuxConfig::default(), config(Technology::Auto, 4))
+        .expect("auto always finds a backend");
+    let expected = if kernel_landlock_abi() > 0 {
+        "landlock"
+    } else {
+        "seccomp"
+    };
+    assert_eq!(auto.capabilities().backend, expected);
+}
+
+#[test]
+fn soft_backend_reports_honestly_and_refuses_required_enforcement() {
+    let manager =
+        sandbox_linux::manager(&LinuxConfig::default(), config(Technology::Soft, 4)).unwrap();
+    let caps = manager.capabilities();
+    assert!(!caps.kernel_enforced);
+    let strict = PolicySpec {
+        require_kernel_enforcement: true,
+        ..PolicySpec::default()
+    };
+    let request = RunRequest::new(vec!["true".into()], manager.policy(&strict).unwrap()).unwrap();
+    let err = rt()
+        .block_on(manager.run(request, RunOptions::default()))
+        .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            RunError::KernelEnforcementUnavailable { backend: "soft" }
+        ),
+        "{err}"
+    );
+
+    let request = RunRequest::new(
+        vec!["echo".into(), "soft".into()],
+        manager.policy(&PolicySpec::default()).unwrap(),
+    )
+    .unwrap();
+    let out = rt()
+        .block_on(manager.run(request, RunOptions::default()))
+        .unwrap();
+    assert_eq!(stdout(&out), "soft\n");
+    let e = &out.enforcement;
+    assert_eq!(e.backend, "soft");
+    assert!(!e.filesystem && !e.seccomp && !e.kernel_enforced && e.rlimits && e.no_new_privs);
+    assert!(e.missing.contains(&"filesystem".to_owned()));
+    assert!(e.missing.contains(&"seccomp".to_owned()));
+}
+
+#[test]
+fn the_ceiling_is_enforced_at_run_time() {
+    let data = open_dir();
+    let ceiling = Ceiling::new(CeilingConfig {
+        read_roots: vec!["/tmp".into()],
+        write_roots: vec!["/tmp".into()],
+        forbidden: vec![data.path().display().to_string()],
+        max: Limits {
+            timeout_ms: 60_000,
+            ..Limits::MAX
+        },
+        defaults: Limits::default(),
+    })
+    .unwrap();
+    let manager = sandbox_linux::manager(
+        &LinuxConfig::default(),
+        ManagerConfig {
+            technology: Technology::Auto,
+            ceiling,
+            max_concurrent_runs: 4,
+        },
+    )
+    .unwrap();
+    // The parent of the forbidden directory is refused, naming the path.
+    let parent = data.path().parent().unwrap().display().to_string();
+    let spec = PolicySpec {
+        read_paths: vec![parent.clone()],
+        ..PolicySpec::default()
+    };
+    let err = manager.policy(&spec).unwrap_err();
+    assert_eq!(
+        err,
+        PolicyError::Forbidden {
+            field: "read_paths",
+            path: parent.clone()
+        }
+    );
+    assert!(err.to_string().contains(&parent));
+    // A policy built without the ceiling is still checked when it runs.
+    let request = RunRequest::new(vec!["true".into()], policy(spec)).unwrap();
+    let err = rt()
+        .block_on(manager.run(request, RunOptions::default()))
+        .unwrap_err();
+    assert!(
+        matches!(err, RunError::Policy(PolicyError::Forbidden { .. })),
+        "{err}"
+    );
+    // A symlink to the forbidden directory, inside an allowed root, is refused too.
+    let link_dir = open_dir();
+    let link = link_dir.path().join("innocent");
+    std::os::unix::fs::symlink(data.path(), &link).unwrap();
+    let spec = PolicySpec {
+        write_paths: vec![link.display().to_string()],
+        ..PolicySpec::default()
+    };
+    assert!(matches!(
+        manager.policy(&spec),
+        Err(PolicyError::Forbidden { .. })
+    ));
+    // Limits above the ceiling name the field.
+    let spec = PolicySpec {
+        limits: sandbox_core::LimitsSpec {
+            timeout_ms: 120_000,
+            ..Default::default()
+        },
+        ..PolicySpec::default()
+    };
+    assert!(matches!(
+        manager.policy(&spec),
+        Err(PolicyError::LimitAboveCeiling {
+            field: "timeout_ms",
+            ..
+        })
+    ));
+}
+
+#[test]
+fn concurrency_beyond_the_bound_is_refused_at_once() {
+    let manager =
+        sandbox_linux::manager(&LinuxConfig::default(), config(Technology::Auto, 1)).unwrap();
+    let manager = Arc::new(manager);
+    rt().block_on(async {
+        let sleeper = RunRequest::new(
+            vec!["sleep".into(), "0.5".into()],
+            manager.policy(&PolicySpec::default()).unwrap(),
+        )
+        .unwrap();
+        let first = manager.run(sleeper.clone(), RunOptions::default());
+        let second = manager.run(sleeper.clone(), RunOptions::default()).await;
+        assert!(matches!(second, Err(RunError::Busy { limit: 1 })));
+        assert_eq!(first.await.unwrap().exit_code, Some(0));
+        // The permit is released when a run ends.
+        assert!(manager.run(sleeper, RunOptions::default()).await.is_ok());
+    });
+}
+
+#[test]
+fn output_is_streamed_as_it_comes() {
+    let (tx, mut rx) = tokio::sync::mpsc::channel(16);
+    let request = RunRequest::new(
+        vec![
+            "sh".into(),
+            "-c".into(),
+            "echo one; sleep 0.3; echo two >&2".into(),
+        ],
+        policy(PolicySpec::default()),
+    )
+    .unwrap();
+    let sandbox = strongest();
+    rt().block_on(async {
+        let run = tokio::spawn(sandbox.run(request, RunOptions { output: Some(tx) }));
+        let first = tokio::time::timeout(Duration::from_millis(250), rx.recv())
+            .await
+            .expect("first chunk before the run ends")
+            .unwrap();
+        assert_eq!(first.data, b"one\n");
+        assert_eq!(first.stream, sandbox_core::OutputStream::Stdout);
+        let second = rx.recv().await.unwrap();
+        assert_eq!(second.data, b"two\n");
+        assert_eq!(second.stream, sandbox_core::OutputStream::Stderr);
+        let out = run.await.unwrap().unwrap();
+        assert_eq!(out.stdout.bytes, b"one\n");
+    });
+}
+
+#[test]
+fn the_profile_prints_the_rules() {
+    let spec = PolicySpec::from_toml(
+        r#"
+read_paths = ["/srv/data"]
+write_paths = ["/srv/out"]
+system_paths = true
+[network]
+mode = "tcp"
+connect_ports = [443]
+[limits]
+timeout_ms = 5000
+"#,
+    )
+    .unwrap();
+    let text = sandbox_linux::render_linux_profile(&policy(spec));
+    for needle in [
+        "/srv/data",
+        "/srv/out",
+        "/usr",
+        "ptrace",
+        "io_uring_setup",
+        "TIOCSTI",
+        "443",
+        "clone3",
+        "5000",
+    ] {
+        assert!(text.contains(needle), "{needle} missing from\n{text}");
+    }
+}

@@ -1,0 +1,120 @@
+//! Positive controls: what must keep working inside the sandbox.
+
+use sandbox_core::{LandlockStatus, PolicySpec, RunRequest};
+
+use crate::*;
+
+#[test]
+fn echo_runs_with_full_enforcement() {
+    let out = run(policy(PolicySpec::default()), &["echo", "hello"]);
+    assert_eq!(stdout(&out), "hello\n", "stderr: {}", stderr(&out));
+    assert_eq!(out.exit_code, Some(0));
+    assert_eq!(out.signal, None);
+    let e = &out.enforcement;
+    assert!(e.seccomp && e.no_new_privs && e.rlimits);
+    let abi = kernel_landlock_abi();
+    assert_eq!(e.landlock_abi, abi);
+    if abi >= 6 {
+        assert_eq!(e.landlock_status, LandlockStatus::FullyEnforced);
+        assert!(e.filesystem && e.network_ports && e.ipc_scoping && e.kernel_enforced);
+    }
+    if is_root() {
+        assert_eq!(e.uid, 65534);
+        assert!(e.capabilities_dropped);
+    }
+}
+
+#[test]
+fn python_runs_and_sees_only_the_allow_listed_environment() {
+    // SAFETY: set before any thread of this test reads the environment; the variable only
+    // checks that the server's environment does not leak.
+    unsafe { std::env::set_var("CORDON_SERVER_SECRET", "s3cret") };
+    let out = python(
+        policy(PolicySpec::default()),
+        "import os; print(sorted(os.environ))",
+    );
+    assert_eq!(out.exit_code, Some(0), "stderr: {}", stderr(&out));
+    assert_eq!(
+        stdout(&out).trim(),
+        "['HOME', 'LANG', 'LC_CTYPE', 'PATH', 'TERM', 'TMPDIR']".replace(", 'LC_CTYPE'", "")
+    );
+}
+
+#[test]
+fn reads_a_granted_file_and_writes_in_the_work_dir() {
+    let dir = open_dir();
+    let file = dir.path().join("data.txt");
+    std::fs::write(&file, "granted").unwrap();
+    let spec = PolicySpec {
+        read_paths: vec![dir.path().display().to_string()],
+        ..PolicySpec::default()
+    };
+    let out = python(
+        policy(spec),
+        &format!(
+            "import os; print(open({:?}).read()); open('w.txt','w').write('x'); \
+             print(os.path.exists(os.environ['HOME'] + '/w.txt'))",
+            file.display().to_string()
+        ),
+    );
+    assert_eq!(stdout(&out), "granted\nTrue\n", "stderr: {}", stderr(&out));
+}
+
+#[test]
+fn stdin_and_exit_codes_pass_through() {
+    let request = RunRequest::new(
+        vec![
+            "python3".into(),
+            "-c".into(),
+            "import sys; d=sys.stdin.read(); print(d.upper()); sys.exit(7)".into(),
+        ],
+        policy(PolicySpec::default()),
+    )
+    .unwrap()
+    .with_stdin(b"piped input".to_vec());
+    let out = run_on(&strongest(), request);
+    assert_eq!(stdout(&out), "PIPED INPUT\n");
+    assert_eq!(out.exit_code, Some(7));
+}
+
+#[test]
+fn a_granted_cwd_is_used_and_kept() {
+    let dir = open_dir();
+    if is_root() {
+        std::os::unix::fs::chown(dir.path(), Some(65534), Some(65534)).unwrap();
+    }
+    let path = dir.path().display().to_string();
+    let spec = PolicySpec {
+        write_paths: vec![path.clone()],
+        ..PolicySpec::default()
+    };
+    let request = RunRequest::new(
+        vec!["sh".into(), "-c".into(), "pwd; echo kept > out.txt".into()],
+        policy(spec),
+    )
+    .unwrap()
+    .with_cwd(&path)
+    .unwrap();
+    let out = run_on(&strongest(), request);
+    assert_eq!(stdout(&out).trim(), path, "stderr: {}", stderr(&out));
+    assert_eq!(
+        std::fs::read_to_string(dir.path().join("out.txt")).unwrap(),
+        "kept\n"
+    );
+}
+
+#[test]
+fn usage_is_the_childs() {
+    let out = python(
+        policy(PolicySpec::default()),
+        "x = 0\nfor i in range(3_000_000): x += i",
+    );
+    assert_eq!(out.exit_code, Some(0));
+    assert!(out.usage.user_cpu_us > 10_000, "{:?}", out.usage);
+    assert!(out.usage.max_rss_bytes > 1_000_000, "{:?}", out.usage);
+    assert!(
+        out.usage.wall_us >= out.usage.user_cpu_us / 2,
+        "{:?}",
+        out.usage
+    );
+}

@@ -1,0 +1,116 @@
+//! Load generator for `cargo xtask bench`: drives a running `cordon` over
+//! real mTLS and prints one `key=value` result line for xtask to read.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use server::proto::identity::v1::WhoAmIRequest;
+use server::proto::identity::v1::identity_client::IdentityClient;
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
+use tonic_health::pb::HealthCheckRequest;
+use tonic_health::pb::health_client::HealthClient;
+
+struct Args {
+    mode: String,
+    addr: String,
+    certs: PathBuf,
+    client: String,
+    seconds: f64,
+    concurrency: usize,
+}
+
+fn parse_args() -> Result<Args> {
+    let mut args = std::env::args().skip(1);
+    let mode = args
+        .next()
+        .context("usage: loadgen handshakes|unary --addr A --certs DIR")?;
+    let mut parsed = Args {
+        mode,
+        addr: String::new(),
+        certs: PathBuf::new(),
+        client: "admin".to_owned(),
+        seconds: 3.0,
+        concurrency: 1,
+    };
+    while let Some(flag) = args.next() {
+        let value = args
+            .next()
+            .with_context(|| format!("{flag} needs a value"))?;
+        match flag.as_str() {
+            "--addr" => parsed.addr = value,
+            "--certs" => parsed.certs = PathBuf::from(value),
+            "--client" => parsed.client = value,
+            "--seconds" => parsed.seconds = value.parse()?,
+            "--concurrency" => parsed.concurrency = value.parse()?,
+            other => bail!("unknown flag {other}"),
+        }
+    }
+    Ok(parsed)
+}
+
+fn endpoint(args: &Args) -> Result<Endpoint> {
+    let read = |name: String| std::fs::read(args.certs.join(&name)).with_context(|| name);
+    let tls = ClientTlsConfig::new()
+        .ca_certificate(Certificate::from_pem(read("ca.pem".into())?))
+        .identity(Identity::from_pem(
+            read(format!("{}.pem", args.client))?,
+            read(format!("{}.key", args.client))?,
+        ))
+        .domain_name("localhost");
+    Ok(Endpoint::from_shared(format!("https://{}", args.addr))?.tls_config(tls)?)
+}
+
+async fn handshakes(args: &Args) -> Result<f64> {
+    let endpoint = endpoint(args)?;
+    let deadline = Instant::now() + Duration::from_secs_f64(args.seconds);
+    let start = Instant::now();
+    let mut done = 0u64;
+    while Instant::now() < deadline {
+        let channel: Channel = endpoint.connect().await?;
+        HealthClient::new(channel)
+            .check(HealthCheckRequest {
+                service: String::new(),
+            })
+            .await?;
+        done += 1;
+    }
+    Ok(done as f64 / start.elapsed().as_secs_f64())
+}
+
+async fn unary(args: &Args) -> Result<f64> {
+    let channel = endpoint(args)?.connect().await?;
+    let count = Arc::new(AtomicU64::new(0));
+    let deadline = Instant::now() + Duration::from_secs_f64(args.seconds);
+    let start = Instant::now();
+    let mut tasks = Vec::new();
+    for _ in 0..args.concurrency {
+        let mut client = IdentityClient::new(channel.clone());
+        let count = count.clone();
+        tasks.push(tokio::spawn(async move {
+            while Instant::now() < deadline {
+                client.who_am_i(WhoAmIRequest {}).await?;
+                count.fetch_add(1, Ordering::Relaxed);
+            }
+            anyhow::Ok(())
+        }));
+    }
+    for task in tasks {
+        task.await??;
+    }
+    Ok(count.load(Ordering::Relaxed) as f64 / start.elapsed().as_secs_f64())
+}
+
+#[tokio::main]
+async fn main() -> Result<()> {
+    let args = parse_args()?;
+    let rate = match args.mode.as_str() {
+        "handshakes" => handshakes(&args).await?,
+        "unary" => unary(&args).await?,
+        other => bail!("unknown mode {other}"),
+    };
+    println!("rate={rate:.1}");
+    Ok(())
+}

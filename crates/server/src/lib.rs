@@ -1,0 +1,81 @@
+//! The Cordon control plane: the `cordon` binary's implementation, and the
+//! generated protobuf code that examples and tests use as clients.
+
+#![forbid(unsafe_code)]
+
+mod config;
+mod events;
+mod layers;
+mod listener;
+pub mod proto;
+mod serve;
+mod services;
+mod tls;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use anyhow::Result;
+use clap::{Parser, Subcommand};
+use tracing_subscriber::EnvFilter;
+
+use crate::config::{Config, LogFormat, Overrides};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "cordon",
+    version,
+    about = "Security control plane for AI-agent tools"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the gRPC server.
+    Serve {
+        /// TOML configuration file.
+        #[arg(long, env = "CORDON_CONFIG")]
+        config: Option<PathBuf>,
+        /// Directory for certificates and databases (overrides `data_dir`).
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+        /// Listen address (overrides `listen`); port 0 picks a free port.
+        #[arg(long)]
+        listen: Option<SocketAddr>,
+    },
+}
+
+/// Parses the command line and runs the chosen command.
+pub fn run_cli() -> Result<()> {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Serve {
+            config,
+            data_dir,
+            listen,
+        } => {
+            let overrides = Overrides { data_dir, listen };
+            let config = Config::load(config.as_deref(), &overrides)?;
+            init_logging(&config);
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()?;
+            runtime.block_on(serve::run(config))
+        }
+    }
+}
+
+fn init_logging(config: &Config) {
+    let filter = EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| EnvFilter::new(config.log.level.clone()));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match config.log.format {
+        LogFormat::Json => builder.json().init(),
+        LogFormat::Pretty => builder.init(),
+    }
+}

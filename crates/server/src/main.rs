@@ -1,0 +1,7 @@
+//! `cordon`: the Cordon control plane server.
+
+#![forbid(unsafe_code)]
+
+fn main() -> anyhow::Result<()> {
+    server::run_cli()
+}
