@@ -2,6 +2,10 @@
 //! the same run, as medians of several rounds and as ratios. The machines
 //! here are noisy, so single times are never quoted.
 
+mod audit;
+mod ca;
+mod ratelimit;
+mod sandbox;
 mod tls;
 
 use std::io::{BufRead, BufReader};
@@ -16,13 +20,25 @@ pub(crate) const ROUNDS: usize = 5;
 
 #[derive(Debug, Clone, Copy, clap::ValueEnum)]
 pub(crate) enum Area {
+    /// Client certificates issued per second (library and gRPC, P-256 CSRs) next to raw rcgen signing.
+    Ca,
+    /// Audit records appended per second, and unary calls per second with and without the audit layer.
+    Audit,
     /// New mTLS connections per second and unary calls per second, next to openssl.
     Tls,
+    /// In-memory decisions next to governor, Check RPCs per second, Redis decisions next to redis-benchmark.
+    Ratelimit,
+    /// Time to run /bin/true sandboxed (library, gRPC, bwrap, firejail) next to a bare spawn.
+    Sandbox,
 }
 
 pub(crate) fn run(root: &Path, area: Area) -> Result<()> {
     match area {
+        Area::Ca => ca::run(root),
+        Area::Audit => audit::run(root),
         Area::Tls => tls::run(root),
+        Area::Ratelimit => ratelimit::run(root),
+        Area::Sandbox => sandbox::run(root),
     }
 }
 
@@ -42,7 +58,10 @@ pub(crate) fn build_release(root: &Path) -> Result<PathBuf> {
         "--bins",
         "--examples",
     ]))?;
-    Ok(root.join("target/release"))
+    // Cargo built into CARGO_TARGET_DIR when it is set, so run from there.
+    let target =
+        std::env::var_os("CARGO_TARGET_DIR").map_or_else(|| root.join("target"), PathBuf::from);
+    Ok(target.join("release"))
 }
 
 /// A release `cordon serve` on a free loopback port with a fresh data directory.
@@ -63,19 +82,24 @@ impl BenchServer {
             .arg("--data-dir")
             .arg(dir.path())
             .env("RUST_LOG", "error")
+            .env("CORDON_OPS__LISTEN", "127.0.0.1:0")
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()
             .context("starting cordon")?;
         let stdout = child.stdout.take().context("stdout")?;
         let mut addr = None;
-        for line in BufReader::new(stdout).lines() {
+        let mut lines = BufReader::new(stdout).lines();
+        for line in lines.by_ref() {
             let line = line?;
             if let Some(found) = line.strip_prefix("cordon listening on ") {
                 addr = Some(found.to_owned());
                 break;
             }
         }
+        // The server prints more after its address; a closed pipe would make
+        // that print fail and kill the server.
+        std::thread::spawn(move || lines.for_each(drop));
         let Some(addr) = addr else {
             let _ = child.kill();
             bail!("cordon exited before listening");

@@ -150,3 +150,62 @@ pub(crate) fn run(command: &mut Command) -> Result<()> {
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::fs::PermissionsExt;
+
+    use rustls_pki_types::pem::PemObject;
+
+    #[test]
+    fn certs_writes_the_documented_layout() {
+        let dir = tempfile::tempdir().unwrap();
+        super::certs(
+            dir.path(),
+            &["alice:agent".to_owned(), "bob".to_owned()],
+            "example.org".to_owned(),
+            vec!["cordon.internal".to_owned()],
+        )
+        .unwrap();
+        for file in [
+            "ca.pem",
+            "ca.key",
+            "server.pem",
+            "server.key",
+            "alice.pem",
+            "alice.key",
+            "bob.pem",
+            "bob.key",
+        ] {
+            assert!(dir.path().join(file).is_file(), "{file} missing");
+        }
+        for key in ["ca.key", "server.key", "alice.key", "bob.key"] {
+            let mode = std::fs::metadata(dir.path().join(key))
+                .unwrap()
+                .permissions()
+                .mode();
+            assert_eq!(mode & 0o777, 0o600, "{key} has mode {mode:o}");
+        }
+        let alice = std::fs::read(dir.path().join("alice.pem")).unwrap();
+        let der = rustls_pki_types::CertificateDer::from_pem_slice(&alice).unwrap();
+        let identity = certgen::client_identity(der.as_ref(), Some("example.org")).unwrap();
+        assert_eq!(identity.name, "alice");
+        assert_eq!(
+            identity.spiffe_id.as_deref(),
+            Some("spiffe://example.org/user/alice")
+        );
+    }
+
+    #[test]
+    fn certs_refuses_a_path_like_identity() {
+        let dir = tempfile::tempdir().unwrap();
+        let refused = super::certs(
+            dir.path(),
+            &["../evil".to_owned()],
+            "example.org".to_owned(),
+            Vec::new(),
+        );
+        assert!(refused.is_err());
+        assert!(!dir.path().join("ca.pem").exists());
+    }
+}

@@ -25,9 +25,9 @@ pub(crate) struct Tools {
 impl Tools {
     pub(crate) fn test_env(&self) -> Vec<(&'static str, PathBuf)> {
         vec![
-            ("CORDON_TEST_PYTHON", self.python.clone()),
-            ("CORDON_TEST_GRPCURL", self.grpcurl.clone()),
-            ("CORDON_TEST_REDIS_SERVER", self.redis_server.clone()),
+            ("XTASK_TEST_PYTHON", self.python.clone()),
+            ("XTASK_TEST_GRPCURL", self.grpcurl.clone()),
+            ("XTASK_TEST_REDIS_SERVER", self.redis_server.clone()),
         ]
     }
 }

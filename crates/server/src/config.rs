@@ -29,8 +29,17 @@ pub(crate) struct Config {
     pub(crate) log: LogConfig,
     pub(crate) auth: AuthConfig,
     pub(crate) rbac: RbacConfig,
+    pub(crate) audit: crate::layers::audit::AuditConfig,
+    pub(crate) guard: crate::services::guard::GuardConfig,
+    pub(crate) ops: crate::ops::OpsConfig,
+    pub(crate) ca: crate::ca::CaConfig,
     /// Identity name to its roles.
     pub(crate) identities: BTreeMap<String, IdentityConfig>,
+    pub(crate) sandbox: crate::services::sandbox::config::SandboxConfig,
+    pub(crate) ratelimit: crate::rate_limits::RateLimitConfig,
+    /// The file this configuration was read from, for reloads on SIGHUP.
+    #[serde(skip)]
+    pub(crate) file: Option<PathBuf>,
 }
 
 impl Default for Config {
@@ -51,7 +60,14 @@ impl Default for Config {
             log: LogConfig::default(),
             auth: AuthConfig::default(),
             rbac: RbacConfig::default(),
+            audit: Default::default(),
+            guard: Default::default(),
+            ops: Default::default(),
+            ca: crate::ca::CaConfig::default(),
             identities,
+            sandbox: Default::default(),
+            ratelimit: Default::default(),
+            file: None,
         }
     }
 }
@@ -234,7 +250,8 @@ impl Config {
             }
             figment = figment.merge(Toml::file_exact(file));
         }
-        figment = figment.merge(Env::prefixed("CORDON_").split("__"));
+        // `CORDON_CONFIG` names the file itself (see `cordon serve --config`).
+        figment = figment.merge(Env::prefixed("CORDON_").split("__").ignore(&["config"]));
         let mut config: Config = figment.extract().context("invalid configuration")?;
         if let Some(dir) = &overrides.data_dir {
             config.data_dir = dir.clone();
@@ -242,6 +259,7 @@ impl Config {
         if let Some(listen) = overrides.listen {
             config.listen = listen;
         }
+        config.file = file.map(Path::to_path_buf);
         config.validate()?;
         Ok(config)
     }
@@ -278,6 +296,7 @@ impl Config {
                 );
             }
         }
+        self.ratelimit.validate()?;
         Ok(())
     }
 

@@ -3,14 +3,21 @@
 
 #![forbid(unsafe_code)]
 
+mod audit_cli;
+mod ca;
 mod config;
 mod events;
 mod layers;
 mod listener;
+mod notes;
+mod ops;
+mod profile;
 pub mod proto;
+mod rate_limits;
 mod serve;
 mod services;
 mod tls;
+mod tls_watch;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -46,6 +53,21 @@ enum Command {
         #[arg(long)]
         listen: Option<SocketAddr>,
     },
+    /// Print the sandbox profile of a policy for Linux or macOS (works on any host).
+    Profile {
+        /// Which platform's profile to print.
+        #[arg(long, value_enum)]
+        platform: profile::Platform,
+        /// TOML policy file whose keys are the proto `Policy` field names (default policy
+        /// without it).
+        #[arg(long)]
+        policy: Option<PathBuf>,
+    },
+    /// Work on the audit log offline.
+    Audit {
+        #[command(subcommand)]
+        command: audit_cli::AuditCommand,
+    },
 }
 
 /// Parses the command line and runs the chosen command.
@@ -65,6 +87,8 @@ pub fn run_cli() -> Result<()> {
                 .build()?;
             runtime.block_on(serve::run(config))
         }
+        Command::Audit { command } => audit_cli::run(command),
+        Command::Profile { platform, policy } => profile::run(platform, policy),
     }
 }
 

@@ -13,6 +13,7 @@ use tower::ServiceBuilder;
 
 use crate::config::Config;
 use crate::events::Events;
+use crate::layers::audit::AuditLayer;
 use crate::layers::authn::{Authenticator, RevokedSerials};
 use crate::layers::authz::Authorizer;
 use crate::layers::limits::{ConcurrencyCapLayer, MessageSizeLimitLayer};
@@ -26,28 +27,120 @@ pub(crate) async fn run(config: Config) -> Result<()> {
     // listening banner shuts down gracefully instead of killing the process.
     let termination = termination_signals()?;
     let created_dev_certs = ensure_dev_certs(&config)?;
-    let tls = Arc::new(TlsState::load(TlsFiles::from_config(&config))?);
-    let events = Events::default();
+    let ca = crate::ca::CaState::open(&config)?.map(Arc::new);
+    let mut tls_files = TlsFiles::from_config(&config);
+    if let Some(ca) = &ca {
+        tls_files.crls.push(ca.crl_path().to_path_buf());
+    }
+    let tls = Arc::new(TlsState::load(tls_files.clone())?);
+    crate::tls_watch::spawn(&tls_files, tls.clone());
+    // The recorder is installed before anything counts, and the audit log is
+    // open before the first connection, so nothing goes unrecorded.
+    let ops_addr = match config.ops.enabled {
+        true => Some(crate::ops::start(&config.ops).await?),
+        false => None,
+    };
+    let audit_log = config.audit.open(&config.data_dir)?;
+    let events = Events::with_audit(audit_log.clone());
     let revoked = RevokedSerials::default();
-    let authenticator = Authenticator::from_config(&config, revoked, events.clone())?;
+    if let Some(ca) = &ca {
+        revoked.store(Arc::new(ca.revoked_serials()?));
+    }
+    let authenticator = Authenticator::from_config(&config, revoked.clone(), events.clone())?;
     let authorizer = Arc::new(Authorizer::from_config(&config)?);
+    let limiter = Arc::new(crate::rate_limits::build_limiter(&config.ratelimit)?);
 
     let max_message = config.server.max_message_bytes;
     let (health_reporter, health_service) = tonic_health::server::health_reporter();
     health_reporter
         .set_serving::<proto::identity::v1::identity_server::IdentityServer<IdentityService>>()
         .await;
+    health_reporter
+        .set_serving::<proto::ratelimit::v1::rate_limit_server::RateLimitServer<
+            crate::services::ratelimit::RateLimitService,
+        >>()
+        .await;
     let identity = proto::identity::v1::identity_server::IdentityServer::new(IdentityService {
         authorizer: authorizer.clone(),
     })
     .max_decoding_message_size(max_message);
+    let ca_service = ca.clone().map(|state| {
+        crate::ca::spawn_crl_refresh(state.clone(), tls.clone(), revoked.clone());
+        proto::ca::v1::cert_authority_server::CertAuthorityServer::new(
+            crate::services::ca::CaService {
+                state,
+                tls: tls.clone(),
+                revoked: revoked.clone(),
+            },
+        )
+        .max_decoding_message_size(max_message)
+    });
+    if ca_service.is_some() {
+        health_reporter
+            .set_serving::<proto::ca::v1::cert_authority_server::CertAuthorityServer<
+                crate::services::ca::CaService,
+            >>()
+            .await;
+    }
+    let ratelimit = proto::ratelimit::v1::rate_limit_server::RateLimitServer::new(
+        crate::services::ratelimit::RateLimitService {
+            limiter: limiter.clone(),
+            authorizer: authorizer.clone(),
+        },
+    )
+    .max_decoding_message_size(max_message);
+    let sandbox = proto::sandbox::v1::sandbox_server::SandboxServer::new(
+        crate::services::sandbox::SandboxService::new(
+            config.sandbox.manager(&config.data_dir)?,
+            config.sandbox.trust.clone(),
+            Some(limiter.clone()),
+        ),
+    )
+    .max_decoding_message_size(max_message);
+    health_reporter
+        .set_serving::<proto::sandbox::v1::sandbox_server::SandboxServer<
+            crate::services::sandbox::SandboxService,
+        >>()
+        .await;
 
-    let served = [
+    let guard_service = proto::guard::v1::guard_server::GuardServer::new(
+        crate::services::guard::GuardService::new(&config.guard),
+    )
+    .max_decoding_message_size(max_message);
+    health_reporter
+        .set_serving::<proto::guard::v1::guard_server::GuardServer<
+            crate::services::guard::GuardService,
+        >>()
+        .await;
+    let audit_service = audit_log.clone().map(|log| {
+        proto::audit::v1::audit_server::AuditServer::new(crate::services::audit::AuditService {
+            log,
+        })
+        .max_decoding_message_size(max_message)
+    });
+    if audit_service.is_some() {
+        health_reporter
+            .set_serving::<proto::audit::v1::audit_server::AuditServer<
+                crate::services::audit::AuditService,
+            >>()
+            .await;
+    }
+
+    let mut served = vec![
         service_name(&identity),
+        service_name(&sandbox),
+        service_name(&ratelimit),
         HEALTH_SERVICE,
         "grpc.reflection.v1.ServerReflection",
         "grpc.reflection.v1alpha.ServerReflection",
     ];
+    if let Some(ca_service) = &ca_service {
+        served.push(service_name(ca_service));
+    }
+    served.push(service_name(&guard_service));
+    if let Some(audit_service) = &audit_service {
+        served.push(service_name(audit_service));
+    }
     let (reflection_v1, reflection_v1alpha) = reflection(&served)?;
 
     let listener = TcpListener::bind(config.listen)
@@ -62,11 +155,18 @@ pub(crate) async fn run(config: Config) -> Result<()> {
         events.clone(),
         accepting,
     );
-    spawn_reload_on_sighup(tls.clone())?;
+    let policy_reloader = crate::rate_limits::PolicyReloader::new(&config, limiter.clone());
+    spawn_reload_on_sighup(tls.clone(), policy_reloader)?;
 
     // The order reads like the path of a request: refuse what is too big or
     // too many first, then find out who is calling, then what they may do.
+    // Audit is outermost: it sees every call, including those the inner
+    // layers refuse, and records it when the call ends.
     let layers = ServiceBuilder::new()
+        .layer(AuditLayer::new(
+            audit_log.clone(),
+            config.audit.seal_every_records,
+        ))
         .layer(MessageSizeLimitLayer::new(max_message))
         .layer(ConcurrencyCapLayer::new(
             config.server.max_concurrent_requests,
@@ -90,9 +190,20 @@ pub(crate) async fn run(config: Config) -> Result<()> {
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
-        .add_service(identity);
+        .add_service(identity)
+        .add_optional_service(ca_service)
+        .add_service(guard_service)
+        .add_optional_service(audit_service)
+        .add_service(sandbox)
+        .add_service(ratelimit);
 
     print_banner(&config, local, created_dev_certs);
+    if let Some(ops_addr) = ops_addr {
+        println!("ops endpoint on http://{ops_addr}");
+    }
+    if ca.is_some() {
+        println!("{}", crate::ca::renewal_hint(local));
+    }
 
     let grace = Duration::from_millis(limits.shutdown_grace_ms);
     let (shutdown_started, mut shutdown_seen) = tokio::sync::watch::channel(false);
@@ -124,7 +235,10 @@ fn termination_signals() -> Result<impl std::future::Future<Output = ()>> {
     })
 }
 
-fn spawn_reload_on_sighup(tls: Arc<TlsState>) -> Result<()> {
+fn spawn_reload_on_sighup(
+    tls: Arc<TlsState>,
+    policies: crate::rate_limits::PolicyReloader,
+) -> Result<()> {
     let mut hangup = signal(SignalKind::hangup()).context("installing SIGHUP handler")?;
     tokio::spawn(async move {
         while hangup.recv().await.is_some() {
@@ -135,6 +249,7 @@ fn spawn_reload_on_sighup(tls: Arc<TlsState>) -> Result<()> {
                     "tls reload refused; the previous configuration stays in force"
                 ),
             }
+            policies.reload();
         }
     });
     Ok(())

@@ -20,12 +20,23 @@ use super::gate::{Check, GateLayer};
 use crate::config::Config;
 use crate::events::{Events, SecurityEvent};
 use crate::listener::PeerInfo;
+use crate::notes::CallNotes;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum AuthMethod {
     ClientCertificate,
     ApiKey,
     Jwt,
+}
+
+impl AuthMethod {
+    pub(crate) fn as_str(self) -> &'static str {
+        match self {
+            Self::ClientCertificate => "client_certificate",
+            Self::ApiKey => "api_key",
+            Self::Jwt => "jwt",
+        }
+    }
 }
 
 /// The authenticated caller of one request.
@@ -186,6 +197,12 @@ impl Check for Authenticator {
         }
         match self.authenticate(request) {
             Ok(caller) => {
+                if let Some(notes) = request.extensions().get::<CallNotes>() {
+                    notes.update(|notes| {
+                        notes.identity = Some(caller.name.clone());
+                        notes.auth_method = Some(caller.method.as_str());
+                    });
+                }
                 request.extensions_mut().insert(caller);
                 Ok(())
             }

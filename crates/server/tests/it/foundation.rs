@@ -469,3 +469,37 @@ fn sigterm_shuts_down_gracefully_with_exit_zero() {
         "still accepting after shutdown"
     );
 }
+
+#[test]
+fn json_logs_are_one_object_per_line() {
+    let server = TestServer::start("[log]\nformat = \"json\"");
+    // A failed authentication produces a security log line.
+    let output = Command::new(harness::grpcurl())
+        .arg("-cacert")
+        .arg(server.certs().join("ca.pem"))
+        .args([&server.addr, "cordon.identity.v1.Identity/WhoAmI"])
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let log = loop {
+        let log = server.log();
+        if log.contains("authentication failed") || Instant::now() > deadline {
+            break log;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let lines: Vec<&str> = log.lines().filter(|l| !l.trim().is_empty()).collect();
+    assert!(!lines.is_empty());
+    for line in &lines {
+        let value: serde_json::Value =
+            serde_json::from_str(line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}"));
+        assert!(value.get("level").is_some(), "{line}");
+    }
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.contains("authentication failed") && l.contains("cordon::security")),
+        "{log}"
+    );
+}

