@@ -199,10 +199,10 @@ pub(crate) async fn run(config: Config) -> Result<()> {
 
     print_banner(&config, local, created_dev_certs);
     if let Some(ops_addr) = ops_addr {
-        println!("ops endpoint on http://{ops_addr}");
+        say(format_args!("ops endpoint on http://{ops_addr}"));
     }
     if ca.is_some() {
-        println!("{}", crate::ca::renewal_hint(local));
+        say(crate::ca::renewal_hint(local));
     }
 
     let grace = Duration::from_millis(limits.shutdown_grace_ms);
@@ -323,20 +323,29 @@ fn print_banner(config: &Config, local: std::net::SocketAddr, created_dev_certs:
     let dir = config.certs_dir();
     let show = |name: &str| shell_path(&dir.join(name));
     if created_dev_certs {
-        println!(
+        say(format_args!(
             "created a development CA, a server certificate and an admin client certificate in {}",
             dir.display()
-        );
+        ));
     }
-    println!("cordon listening on {local}");
+    say(format_args!("cordon listening on {local}"));
     if dir.join("admin.pem").exists() && config.tls.client_ca.is_none() {
-        println!(
+        say(format_args!(
             "try: grpcurl -cacert {} -cert {} -key {} {local} cordon.identity.v1.Identity/WhoAmI",
             show("ca.pem"),
             show("admin.pem"),
             show("admin.key"),
-        );
+        ));
     }
+}
+
+/// Prints a banner line. A closed or full stdout (a daemon, a reader that
+/// went away) must not take the server down, so write errors are ignored.
+fn say(line: impl std::fmt::Display) {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(out, "{line}");
+    let _ = out.flush();
 }
 
 fn shell_path(path: &Path) -> String {

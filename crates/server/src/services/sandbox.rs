@@ -69,7 +69,8 @@ impl SandboxService {
                 n.summary = Some("refused: untrusted tool source".to_owned());
             });
             return Err(Status::permission_denied(format!(
-                "tool source {:?} is untrusted",
+                "tool source {:?} is untrusted; an operator trusts it with \
+                 [sandbox.trust] sources = {{ NAME = \"trusted\" }} (or default = \"trusted\")",
                 message.tool_source
             )));
         }

@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
 use sandbox_core::{CeilingConfig, Limits, Manager, ManagerConfig, Technology};
+#[cfg(not(target_os = "macos"))]
 use sandbox_linux::LinuxConfig;
 use serde::{Deserialize, Serialize};
 
@@ -146,6 +147,37 @@ impl TrustConfig {
 impl SandboxConfig {
     /// Builds the sandbox manager, with the (absolute) data directory forbidden
     /// to every run. Fails when the configured technology is unavailable.
+    /// The Linux backends (Landlock, seccomp, soft, none).
+    #[cfg(not(target_os = "macos"))]
+    fn platform_manager(
+        &self,
+        work_root: PathBuf,
+        config: ManagerConfig,
+    ) -> Result<Manager, sandbox_core::ManagerError> {
+        let linux = LinuxConfig {
+            run_uid: self.run_uid,
+            run_gid: self.run_gid,
+            work_root,
+            cgroup: self.cgroup,
+        };
+        sandbox_linux::manager(&linux, config)
+    }
+
+    /// The macOS backends (`sandbox-exec`, soft, none). The run uid and the
+    /// cgroup settings have no macOS counterpart and are not used there.
+    #[cfg(target_os = "macos")]
+    fn platform_manager(
+        &self,
+        work_root: PathBuf,
+        config: ManagerConfig,
+    ) -> Result<Manager, sandbox_core::ManagerError> {
+        let darwin = sandbox_darwin::DarwinConfig {
+            work_root,
+            collect_denials: true,
+        };
+        sandbox_darwin::manager(&darwin, config)
+    }
+
     pub(crate) fn manager(&self, data_dir: &Path) -> Result<Manager> {
         let data_dir = std::path::absolute(data_dir)
             .with_context(|| format!("cannot resolve data directory {}", data_dir.display()))?;
@@ -170,21 +202,16 @@ impl SandboxConfig {
             0 => 4 * std::thread::available_parallelism().map_or(1, |n| n.get()),
             n => n,
         };
-        let linux = LinuxConfig {
-            run_uid: self.run_uid,
-            run_gid: self.run_gid,
-            work_root,
-            cgroup: self.cgroup,
-        };
-        let manager = sandbox_linux::manager(
-            &linux,
-            ManagerConfig {
-                technology: self.technology,
-                ceiling,
-                max_concurrent_runs,
-            },
-        )
-        .context("cannot start the sandbox")?;
+        let manager = self
+            .platform_manager(
+                work_root,
+                ManagerConfig {
+                    technology: self.technology,
+                    ceiling,
+                    max_concurrent_runs,
+                },
+            )
+            .context("cannot start the sandbox")?;
         let capabilities = manager.capabilities();
         if !capabilities.kernel_enforced {
             tracing::warn!(
