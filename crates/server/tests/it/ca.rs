@@ -4,7 +4,6 @@
 
 use std::path::Path;
 use std::process::Command;
-use std::time::{Duration, Instant};
 
 use certgen::{CertificateAuthority, ClientParams, DevBundle, OffsetDateTime, ServerParams};
 use serde_json::{Value, json};
@@ -32,14 +31,6 @@ fn dev_ca(dir: &Path, clients: &[&str]) -> CertificateAuthority {
         &std::fs::read_to_string(&bundle.ca_key).unwrap(),
     )
     .unwrap()
-}
-
-fn write_pair(dir: &Path, name: &str, cert_pem: &str, key_pem: &str) -> Value {
-    let cert = dir.join(format!("{name}.pem"));
-    let key = dir.join(format!("{name}.key"));
-    certgen::write_cert_file(&cert, cert_pem).unwrap();
-    certgen::write_key_file(&key, key_pem).unwrap();
-    json!({"cert": cert, "key": key})
 }
 
 fn pair(dir: &Path, name: &str) -> Value {
@@ -101,7 +92,7 @@ fn python_issue_renew_revoke_list_and_restart() {
                 "admin": pair(&certs, "admin"),
                 "agent": pair(&certs, "agent"),
                 "ops": pair(&certs, "ops"),
-                "expired": write_pair(&odd, "expired", &expired.cert_pem, expired.key_pem.as_deref().unwrap()),
+                "expired": harness::write_pair(&odd, "expired", &expired.cert_pem, expired.key_pem.as_deref().unwrap()),
             },
         })
     };
@@ -138,7 +129,7 @@ fn python_hot_reload_of_server_certificate() {
     let next: Vec<Value> = (0..2)
         .map(|i| {
             let issued = ca.issue_server(&ServerParams::default()).unwrap();
-            write_pair(
+            harness::write_pair(
                 &spare,
                 &format!("server-{i}"),
                 &issued.cert_pem,
@@ -164,39 +155,6 @@ fn python_hot_reload_of_server_certificate() {
             "certs": {"admin": pair(&certs, "admin")},
         }),
     );
-}
-
-/// Runs `cordon serve` and returns its output once it exits, failing the
-/// test if it is still running after 30 seconds.
-fn refused_startup(dir: &Path, config: &str) -> String {
-    let config_path = dir.join("bad.toml");
-    std::fs::write(&config_path, config).unwrap();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_cordon"))
-        .args(["serve", "--listen", "127.0.0.1:0", "--config"])
-        .arg(&config_path)
-        .arg("--data-dir")
-        .arg(dir)
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            let output = child.wait_with_output().unwrap();
-            assert!(!status.success(), "server started with {config:?}");
-            return format!(
-                "{}{}",
-                String::from_utf8_lossy(&output.stdout),
-                String::from_utf8_lossy(&output.stderr)
-            );
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            panic!("server kept running with {config:?}");
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
 }
 
 #[test]
@@ -249,7 +207,7 @@ fn disabled_ca_is_not_served_and_bad_ca_configuration_is_refused() {
         ),
     ];
     for (config, expected) in cases {
-        let text = refused_startup(dir.path(), &config);
+        let text = harness::refused_startup(dir.path(), &config);
         assert!(
             text.contains(&expected),
             "{config:?}: {expected:?} not in {text}"

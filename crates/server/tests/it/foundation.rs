@@ -16,14 +16,6 @@ use crate::harness::{self, TestServer};
 const API_KEY: &str = "ck_test_3f9a1c7e5b2d4a6f8e0c1b3d5f7a9c2e";
 const JWT_SECRET: &str = "jwt-test-secret-with-at-least-32-bytes!";
 
-fn write_pair(dir: &Path, name: &str, cert_pem: &str, key_pem: &str) -> serde_json::Value {
-    let cert = dir.join(format!("{name}.pem"));
-    let key = dir.join(format!("{name}.key"));
-    certgen::write_cert_file(&cert, cert_pem).unwrap();
-    certgen::write_key_file(&key, key_pem).unwrap();
-    json!({"cert": cert, "key": key})
-}
-
 fn issue(
     ca: &CertificateAuthority,
     dir: &Path,
@@ -31,7 +23,7 @@ fn issue(
     params: &ClientParams,
 ) -> serde_json::Value {
     let issued = ca.issue_client(params).unwrap();
-    write_pair(
+    harness::write_pair(
         dir,
         name,
         &issued.cert_pem,
@@ -97,7 +89,7 @@ fn python_grpcio_client_over_mtls() {
         "expired": issue(&ca, &odd, "expired", &expired),
         "not_yet_valid": issue(&ca, &odd, "future", &future),
         "other_ca": issue(&other_ca, &odd, "other", &ClientParams::new("admin", "cordon.local")),
-        "revoked": write_pair(&odd, "revoked", &revoked.cert_pem, revoked.key_pem.as_deref().unwrap()),
+        "revoked": harness::write_pair(&odd, "revoked", &revoked.cert_pem, revoked.key_pem.as_deref().unwrap()),
     });
     let api_key_hash = hex::encode(Sha256::digest(API_KEY.as_bytes()));
     let config = format!(
@@ -252,39 +244,6 @@ fn printed_grpcurl_command_works_as_pasted() {
     assert!(stdout.contains(r#""identity": "admin""#), "{stdout}");
 }
 
-/// Runs `cordon serve` with a configuration that must be refused, and returns
-/// what it printed.
-fn refused_startup(dir: &Path, config: &str) -> String {
-    let config_path = dir.join("bad.toml");
-    std::fs::write(&config_path, config).unwrap();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_cordon"))
-        .args(["serve", "--listen", "127.0.0.1:0", "--config"])
-        .arg(&config_path)
-        .arg("--data-dir")
-        .arg(dir)
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            let output = child.wait_with_output().unwrap();
-            assert!(!status.success(), "server started with a bad configuration");
-            return format!(
-                "{}{}",
-                String::from_utf8_lossy(&output.stdout),
-                String::from_utf8_lossy(&output.stderr)
-            );
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            panic!("server kept running with a bad configuration:\n{config}");
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
 #[test]
 fn bad_certificate_files_are_named_at_startup() {
     let dir = tempfile::tempdir().unwrap();
@@ -339,7 +298,7 @@ fn bad_certificate_files_are_named_at_startup() {
         ),
     ];
     for (config, expected) in cases {
-        let text = refused_startup(dir.path(), &config);
+        let text = harness::refused_startup(dir.path(), &config);
         assert!(
             text.contains(&expected),
             "config {config:?}: {expected:?} not in:\n{text}"

@@ -5,7 +5,7 @@ use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 pub(crate) struct TestServer {
     pub(crate) child: Child,
@@ -157,4 +157,52 @@ pub(crate) fn run_python(script: &str, context: &serde_json::Value) {
 
 pub(crate) fn proto_dir() -> PathBuf {
     workspace_root().join("proto")
+}
+
+/// Writes a certificate and its key (mode 0600) as `NAME.pem` and `NAME.key`
+/// in `dir`, and returns them as the Python tests' `{cert, key}` object.
+pub(crate) fn write_pair(
+    dir: &Path,
+    name: &str,
+    cert_pem: &str,
+    key_pem: &str,
+) -> serde_json::Value {
+    let cert = dir.join(format!("{name}.pem"));
+    let key = dir.join(format!("{name}.key"));
+    certgen::write_cert_file(&cert, cert_pem).unwrap();
+    certgen::write_key_file(&key, key_pem).unwrap();
+    serde_json::json!({"cert": cert, "key": key})
+}
+
+/// Runs `cordon serve` with a configuration that must be refused, and returns
+/// what it printed.
+pub(crate) fn refused_startup(dir: &Path, config: &str) -> String {
+    let config_path = dir.join("bad.toml");
+    std::fs::write(&config_path, config).unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_cordon"))
+        .args(["serve", "--listen", "127.0.0.1:0", "--config"])
+        .arg(&config_path)
+        .arg("--data-dir")
+        .arg(dir)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            let output = child.wait_with_output().unwrap();
+            assert!(!status.success(), "server started with a bad configuration");
+            return format!(
+                "{}{}",
+                String::from_utf8_lossy(&output.stdout),
+                String::from_utf8_lossy(&output.stderr)
+            );
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("server kept running with a bad configuration:\n{config}");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
 }
