@@ -26,39 +26,18 @@ use tonic::transport::{Certificate, ClientTlsConfig, Endpoint, Identity};
 /// Distinct CSRs cycled through, generated before timing starts.
 const CSRS: usize = 64;
 
+#[derive(Debug, clap::Parser)]
 struct Args {
+    /// Modes: rcgen | library | library-inventory | grpc.
     mode: String,
+    #[arg(long, default_value = "")]
     addr: String,
+    #[arg(long, default_value = "")]
     certs: PathBuf,
+    #[arg(long, default_value_t = 2.0)]
     seconds: f64,
+    #[arg(long, default_value_t = 8)]
     concurrency: usize,
-}
-
-fn parse_args() -> Result<Args> {
-    let mut args = std::env::args().skip(1);
-    let mode = args
-        .next()
-        .context("usage: ca_load rcgen|library|library-inventory|grpc [--addr A --certs DIR]")?;
-    let mut parsed = Args {
-        mode,
-        addr: String::new(),
-        certs: PathBuf::new(),
-        seconds: 2.0,
-        concurrency: 8,
-    };
-    while let Some(flag) = args.next() {
-        let value = args
-            .next()
-            .with_context(|| format!("{flag} needs a value"))?;
-        match flag.as_str() {
-            "--addr" => parsed.addr = value,
-            "--certs" => parsed.certs = PathBuf::from(value),
-            "--seconds" => parsed.seconds = value.parse()?,
-            "--concurrency" => parsed.concurrency = value.parse()?,
-            other => bail!("unknown flag {other}"),
-        }
-    }
-    Ok(parsed)
 }
 
 fn csrs() -> Result<Vec<String>> {
@@ -165,7 +144,7 @@ async fn grpc(args: &Args) -> Result<f64> {
 
 #[tokio::main]
 async fn main() -> Result<()> {
-    let args = parse_args()?;
+    let args = <Args as clap::Parser>::parse();
     let rate = match args.mode.as_str() {
         "rcgen" => raw_rcgen(args.seconds)?,
         "library" => library(args.seconds, false)?,

@@ -13,42 +13,20 @@ use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity
 use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_client::HealthClient;
 
+#[derive(Debug, clap::Parser)]
 struct Args {
+    /// Load generator modes: handshakes | unary.
     mode: String,
+    #[arg(long, default_value = "")]
     addr: String,
+    #[arg(long, default_value = "")]
     certs: PathBuf,
+    #[arg(long, default_value = "admin")]
     client: String,
+    #[arg(long, default_value_t = 3.0)]
     seconds: f64,
+    #[arg(long, default_value_t = 1)]
     concurrency: usize,
-}
-
-fn parse_args() -> Result<Args> {
-    let mut args = std::env::args().skip(1);
-    let mode = args
-        .next()
-        .context("usage: loadgen handshakes|unary --addr A --certs DIR")?;
-    let mut parsed = Args {
-        mode,
-        addr: String::new(),
-        certs: PathBuf::new(),
-        client: "admin".to_owned(),
-        seconds: 3.0,
-        concurrency: 1,
-    };
-    while let Some(flag) = args.next() {
-        let value = args
-            .next()
-            .with_context(|| format!("{flag} needs a value"))?;
-        match flag.as_str() {
-            "--addr" => parsed.addr = value,
-            "--certs" => parsed.certs = PathBuf::from(value),
-            "--client" => parsed.client = value,
-            "--seconds" => parsed.seconds = value.parse()?,
-            "--concurrency" => parsed.concurrency = value.parse()?,
-            other => bail!("unknown flag {other}"),
-        }
-    }
-    Ok(parsed)
 }
 
 fn endpoint(args: &Args) -> Result<Endpoint> {
@@ -105,7 +83,7 @@ async fn unary(args: &Args) -> Result<f64> {
 
 #[tokio::main]
 async fn main() -> Result<()> {
-    let args = parse_args()?;
+    let args = <Args as clap::Parser>::parse();
     let rate = match args.mode.as_str() {
         "handshakes" => handshakes(&args).await?,
         "unary" => unary(&args).await?,

@@ -25,45 +25,22 @@ use server::proto::ratelimit::v1::rate_limit_client::RateLimitClient;
 use server::proto::ratelimit::v1::{CheckRequest, check_request};
 use tonic::transport::{Certificate, ClientTlsConfig, Endpoint, Identity};
 
+#[derive(Debug, clap::Parser)]
 struct Args {
+    /// Modes: memory | check | redis.
     mode: String,
+    #[arg(long, default_value = "")]
     addr: String,
+    #[arg(long, default_value = "")]
     certs: PathBuf,
+    #[arg(long, default_value = "")]
     url: String,
+    #[arg(long, default_value_t = 2.0)]
     seconds: f64,
+    #[arg(long, default_value_t = 64)]
     concurrency: usize,
+    #[arg(long, default_value_t = 1)]
     connections: usize,
-}
-
-fn parse_args() -> Result<Args> {
-    let mut args = std::env::args().skip(1);
-    let mode = args
-        .next()
-        .context("usage: ratelimit_bench memory|check|redis [--flag value]...")?;
-    let mut parsed = Args {
-        mode,
-        addr: String::new(),
-        certs: PathBuf::new(),
-        url: String::new(),
-        seconds: 2.0,
-        concurrency: 64,
-        connections: 1,
-    };
-    while let Some(flag) = args.next() {
-        let value = args
-            .next()
-            .with_context(|| format!("{flag} needs a value"))?;
-        match flag.as_str() {
-            "--addr" => parsed.addr = value,
-            "--certs" => parsed.certs = PathBuf::from(value),
-            "--url" => parsed.url = value,
-            "--seconds" => parsed.seconds = value.parse()?,
-            "--concurrency" => parsed.concurrency = value.parse()?,
-            "--connections" => parsed.connections = value.parse()?,
-            other => bail!("unknown flag {other}"),
-        }
-    }
-    Ok(parsed)
 }
 
 /// Keys cycled through by the in-memory measurements: enough to defeat a
@@ -252,7 +229,7 @@ async fn redis(args: &Args) -> Result<()> {
 
 #[tokio::main]
 async fn main() -> Result<()> {
-    let args = parse_args()?;
+    let args = <Args as clap::Parser>::parse();
     match args.mode.as_str() {
         "memory" => memory(&args),
         "check" => check(&args).await,

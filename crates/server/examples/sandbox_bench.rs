@@ -18,45 +18,22 @@ use server::proto::sandbox::v1::sandbox_client::SandboxClient;
 use server::proto::sandbox::v1::{Policy, RunRequest as PbRunRequest};
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
 
+#[derive(Debug, clap::Parser)]
 struct Args {
+    /// Modes: latency | rate (with --kind).
     mode: String,
+    #[arg(long, default_value = "")]
     kind: String,
+    #[arg(long, default_value = "")]
     addr: String,
+    #[arg(long, default_value = "")]
     certs: PathBuf,
+    #[arg(long, default_value_t = 200)]
     count: usize,
+    #[arg(long, default_value_t = 3.0)]
     seconds: f64,
+    #[arg(long, default_value_t = 8)]
     concurrency: usize,
-}
-
-fn parse_args() -> Result<Args> {
-    let mut args = std::env::args().skip(1);
-    let mode = args
-        .next()
-        .context("usage: sandbox_bench latency|rate --kind K [--addr A --certs DIR]")?;
-    let mut parsed = Args {
-        mode,
-        kind: String::new(),
-        addr: String::new(),
-        certs: PathBuf::new(),
-        count: 200,
-        seconds: 3.0,
-        concurrency: 8,
-    };
-    while let Some(flag) = args.next() {
-        let value = args
-            .next()
-            .with_context(|| format!("{flag} needs a value"))?;
-        match flag.as_str() {
-            "--kind" => parsed.kind = value,
-            "--addr" => parsed.addr = value,
-            "--certs" => parsed.certs = PathBuf::from(value),
-            "--count" => parsed.count = value.parse()?,
-            "--seconds" => parsed.seconds = value.parse()?,
-            "--concurrency" => parsed.concurrency = value.parse()?,
-            other => bail!("unknown flag {other}"),
-        }
-    }
-    Ok(parsed)
 }
 
 async fn channel(args: &Args) -> Result<Channel> {
@@ -220,7 +197,7 @@ fn percentile(sorted: &[Duration], p: f64) -> f64 {
 
 #[tokio::main]
 async fn main() -> Result<()> {
-    let args = parse_args()?;
+    let args = <Args as clap::Parser>::parse();
     match args.mode.as_str() {
         "latency" => {
             let mut times = latency(&args).await?;
