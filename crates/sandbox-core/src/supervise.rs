@@ -195,6 +195,24 @@ pub struct Supervised {
     pub wall_us: u64,
 }
 
+impl Supervised {
+    /// The limits the exit itself shows were hit: the timeout, and the signals
+    /// the kernel sends when an rlimit is exceeded (SIGXCPU for CPU time,
+    /// SIGXFSZ for file size). Every backend starts its violations from these.
+    pub fn limit_violations(&self) -> Vec<String> {
+        let mut violations = Vec::new();
+        if self.timed_out {
+            violations.push("timeout".to_owned());
+        }
+        match self.exit.signal {
+            Some(libc::SIGXCPU) => violations.push("cpu_time_limit".to_owned()),
+            Some(libc::SIGXFSZ) => violations.push("file_size_limit".to_owned()),
+            _ => {}
+        }
+        violations
+    }
+}
+
 /// Supervises a spawned child until it and its whole tree are gone.
 ///
 /// `started` is when the child was spawned; the timeout counts from it.

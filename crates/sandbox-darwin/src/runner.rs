@@ -345,15 +345,7 @@ impl Inner {
         )
         .await?;
 
-        let mut violations = Vec::new();
-        if supervised.timed_out {
-            violations.push("timeout".to_owned());
-        }
-        match supervised.exit.signal {
-            Some(libc::SIGXCPU) => violations.push("cpu_time_limit".to_owned()),
-            Some(libc::SIGXFSZ) => violations.push("file_size_limit".to_owned()),
-            _ => {}
-        }
+        let mut violations = supervised.limit_violations();
         if let Some(denials) = denials {
             violations.extend(denials.finish(pid).await);
         }

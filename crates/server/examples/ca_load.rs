@@ -8,12 +8,14 @@
 //! - `grpc --addr A --certs DIR`: `IssueCertificate` from P-256 CSRs through a
 //!   running `cordon` over mTLS, as `admin`.
 
+mod common;
+
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Result, bail};
 use certgen::{CaParams, CertificateAuthority, ClientParams, Inventory};
 use rcgen::{
     BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
@@ -21,7 +23,6 @@ use rcgen::{
 };
 use server::proto::ca::v1::IssueCertificateRequest;
 use server::proto::ca::v1::cert_authority_client::CertAuthorityClient;
-use tonic::transport::{Certificate, ClientTlsConfig, Endpoint, Identity};
 
 /// Distinct CSRs cycled through, generated before timing starts.
 const CSRS: usize = 64;
@@ -103,13 +104,7 @@ fn library(seconds: f64, with_inventory: bool) -> Result<f64> {
 }
 
 async fn grpc(args: &Args) -> Result<f64> {
-    let read = |name: &str| std::fs::read(args.certs.join(name)).with_context(|| name.to_owned());
-    let tls = ClientTlsConfig::new()
-        .ca_certificate(Certificate::from_pem(read("ca.pem")?))
-        .identity(Identity::from_pem(read("admin.pem")?, read("admin.key")?))
-        .domain_name("localhost");
-    let channel = Endpoint::from_shared(format!("https://{}", args.addr))?
-        .tls_config(tls)?
+    let channel = common::mtls_endpoint(&args.addr, &args.certs, "admin")?
         .connect()
         .await?;
     let csrs = Arc::new(csrs()?);

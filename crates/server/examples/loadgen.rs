@@ -1,15 +1,17 @@
 //! Load generator for `cargo xtask bench`: drives a running `cordon` over
 //! real mTLS and prints one `key=value` result line for xtask to read.
 
+mod common;
+
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Result, bail};
 use server::proto::identity::v1::WhoAmIRequest;
 use server::proto::identity::v1::identity_client::IdentityClient;
-use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
+use tonic::transport::{Channel, Endpoint};
 use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_client::HealthClient;
 
@@ -30,15 +32,7 @@ struct Args {
 }
 
 fn endpoint(args: &Args) -> Result<Endpoint> {
-    let read = |name: String| std::fs::read(args.certs.join(&name)).with_context(|| name);
-    let tls = ClientTlsConfig::new()
-        .ca_certificate(Certificate::from_pem(read("ca.pem".into())?))
-        .identity(Identity::from_pem(
-            read(format!("{}.pem", args.client))?,
-            read(format!("{}.key", args.client))?,
-        ))
-        .domain_name("localhost");
-    Ok(Endpoint::from_shared(format!("https://{}", args.addr))?.tls_config(tls)?)
+    common::mtls_endpoint(&args.addr, &args.certs, &args.client)
 }
 
 async fn handshakes(args: &Args) -> Result<f64> {

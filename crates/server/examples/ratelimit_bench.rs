@@ -8,6 +8,8 @@
 //! - `redis --url U`: decisions per second through `Limiter::check` on a
 //!   Redis policy, and the exact script call, for `redis-benchmark` to replay.
 
+mod common;
+
 use std::hint::black_box;
 use std::num::NonZeroU32;
 use std::path::PathBuf;
@@ -23,7 +25,6 @@ use ratelimit::{
 };
 use server::proto::ratelimit::v1::rate_limit_client::RateLimitClient;
 use server::proto::ratelimit::v1::{CheckRequest, check_request};
-use tonic::transport::{Certificate, ClientTlsConfig, Endpoint, Identity};
 
 #[derive(Debug, clap::Parser)]
 struct Args {
@@ -111,12 +112,7 @@ fn memory(args: &Args) -> Result<()> {
 }
 
 async fn check(args: &Args) -> Result<()> {
-    let read = |name: &str| std::fs::read(args.certs.join(name)).with_context(|| name.to_owned());
-    let tls = ClientTlsConfig::new()
-        .ca_certificate(Certificate::from_pem(read("ca.pem")?))
-        .identity(Identity::from_pem(read("admin.pem")?, read("admin.key")?))
-        .domain_name("localhost");
-    let endpoint = Endpoint::from_shared(format!("https://{}", args.addr))?.tls_config(tls)?;
+    let endpoint = common::mtls_endpoint(&args.addr, &args.certs, "admin")?;
     let mut channels = Vec::new();
     for _ in 0..args.connections.max(1) {
         channels.push(endpoint.connect().await?);

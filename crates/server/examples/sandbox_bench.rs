@@ -5,18 +5,20 @@
 //! prints `median_us=… p99_us=…`; `sandbox_bench rate --kind bare|grpc
 //! --seconds S --concurrency C` prints `rate=…` (runs per second).
 
+mod common;
+
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result, bail, ensure};
+use anyhow::{Result, bail, ensure};
 use sandbox_core::{
     Ceiling, Manager, ManagerConfig, PolicySpec, RunOptions, RunRequest, Technology,
 };
 use server::proto::sandbox::v1::sandbox_client::SandboxClient;
 use server::proto::sandbox::v1::{Policy, RunRequest as PbRunRequest};
-use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
+use tonic::transport::Channel;
 
 #[derive(Debug, clap::Parser)]
 struct Args {
@@ -37,13 +39,7 @@ struct Args {
 }
 
 async fn channel(args: &Args) -> Result<Channel> {
-    let read = |name: &str| std::fs::read(args.certs.join(name)).with_context(|| name.to_owned());
-    let tls = ClientTlsConfig::new()
-        .ca_certificate(Certificate::from_pem(read("ca.pem")?))
-        .identity(Identity::from_pem(read("admin.pem")?, read("admin.key")?))
-        .domain_name("localhost");
-    Ok(Endpoint::from_shared(format!("https://{}", args.addr))?
-        .tls_config(tls)?
+    Ok(common::mtls_endpoint(&args.addr, &args.certs, "admin")?
         .connect()
         .await?)
 }

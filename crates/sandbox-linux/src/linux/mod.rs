@@ -394,15 +394,9 @@ impl Inner {
         )
         .await?;
 
-        let mut violations = Vec::new();
-        if supervised.timed_out {
-            violations.push("timeout".to_owned());
-        }
-        match supervised.exit.signal {
-            Some(libc::SIGXCPU) => violations.push("cpu_time_limit".to_owned()),
-            Some(libc::SIGXFSZ) => violations.push("file_size_limit".to_owned()),
-            Some(libc::SIGSYS) => violations.push("seccomp_kill".to_owned()),
-            _ => {}
+        let mut violations = supervised.limit_violations();
+        if supervised.exit.signal == Some(libc::SIGSYS) {
+            violations.push("seccomp_kill".to_owned());
         }
         violations.extend(control.violations());
         drop(control);
