@@ -1,5 +1,5 @@
 //! The Linux sandbox: Landlock, seccomp-bpf, privilege dropping, rlimits and a per-run pids
-//! cgroup, applied between `fork` and `execve`.
+//! cgroup, applied between `clone` and `execve`.
 //!
 //! - [`profile`] is the policy-as-data module (system read set, seccomp deny list) and
 //!   [`render_linux_profile`] prints it; both compile on every host.
@@ -8,25 +8,27 @@
 //!
 //! # Fork safety
 //!
-//! Everything that allocates is built in the parent before `fork`: the Landlock ruleset (as a
-//! descriptor, with the crate `landlock`), the seccomp BPF programs (with `seccompiler`,
-//! cached per variant), every C string and pointer array, the rlimit table. Between `fork`
-//! and `execve` the child makes only raw, async-signal-safe system calls, in this order:
-//! reset the signal mask and SIGPIPE, join the run's pids cgroup, `setpgid(0, 0)`, install
-//! the pipes as stdin/stdout/stderr, mark every other descriptor close-on-exec, set hard
-//! rlimits, drop the capability bounding set, `setgroups`/`setresgid`/`setresuid` to the
+//! Everything that allocates is built in the parent before the child is cloned: the Landlock
+//! ruleset (as a descriptor, with the crate `landlock`), the seccomp BPF program (with
+//! `seccompiler` behind a binary-search dispatcher, cached per variant), every C string and
+//! pointer array, the rlimit table. Children are cloned with `CLONE_VM | CLONE_VFORK` (like
+//! `posix_spawn`) by long-lived spawner threads that carry the variant's seccomp filter and,
+//! when the server is root, an empty capability bounding set, so that every child inherits
+//! both. Between `clone` and `execve` the child makes only raw, async-signal-safe system
+//! calls, in this order: reset every signal disposition and unblock signals, join the run's
+//! pids cgroup, `setpgid(0, 0)`, install the pipes as stdin/stdout/stderr, mark every other
+//! descriptor close-on-exec, set hard rlimits, `setgroups`/`setresgid`/`setresuid` to the
 //! unprivileged run uid (when the server is root), `chdir`, `PR_SET_PDEATHSIG(SIGKILL)` (after
 //! the uid change, which clears it), `no_new_privs`, `landlock_restrict_self` on the prebuilt
-//! ruleset (not rust-landlock's `restrict_self`, which may allocate), the seccomp filters,
-//! `execve`. A failing step writes (step, errno) into a close-on-exec pipe and `_exit`s; the
-//! parent turns that into [`sandbox_core::RunError::Setup`] or
-//! [`sandbox_core::RunError::Exec`]. `std::process::Command::pre_exec` was not used because
-//! std changes the uid before `pre_exec` runs, too early for joining the cgroup and dropping
-//! the bounding set.
+//! ruleset (not rust-landlock's `restrict_self`, which may allocate), the process group lock
+//! filter when there is no cgroup, `execve`. A failing step writes (step, errno) into a
+//! close-on-exec pipe and `_exit`s; the parent turns that into
+//! [`sandbox_core::RunError::Setup`] or [`sandbox_core::RunError::Exec`].
+//! `std::process::Command::pre_exec` was not used because std changes the uid before
+//! `pre_exec` runs, too early for joining the cgroup.
 //!
-//! `PR_SET_PDEATHSIG` fires when the *thread* that forked exits. The fork happens on the
-//! thread polling the run future, which for a tokio runtime is a long-lived worker thread;
-//! do not poll a run from a short-lived thread (for example inside `spawn_blocking`).
+//! `PR_SET_PDEATHSIG` fires when the *thread* that cloned exits. The spawner threads never
+//! exit, so it fires exactly when the server process dies.
 //!
 //! # Containment
 //!

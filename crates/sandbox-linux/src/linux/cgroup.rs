@@ -6,6 +6,11 @@
 //! neither `setsid` nor double forking escapes. Killing the run kills every process listed
 //! in the cgroup until none is left.
 //!
+//! Creating and removing a cgroup directory costs more than the rest of a short run's
+//! bookkeeping, so a run's cgroup goes back to a small pool once it is empty again and the
+//! next run reuses it: `pids.max` is set anew, and the count of refused forks is measured
+//! from where the previous run left it. A cgroup that cannot be emptied is never reused.
+//!
 //! When the server starts it removes cgroups left by a server that crashed (its pid is gone),
 //! killing what is still inside, so a crash leaves nothing running for long.
 
@@ -14,13 +19,25 @@ use std::io::{self, Read};
 use std::os::fd::{AsFd, BorrowedFd};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
+
+/// How many empty run cgroups are kept for reuse.
+const POOL_SIZE: usize = 64;
+
+/// An empty run cgroup waiting for its next run.
+#[derive(Debug)]
+struct Idle {
+    dir: PathBuf,
+    procs: File,
+}
 
 /// Where this server creates run cgroups.
 #[derive(Debug, Clone)]
 pub(crate) struct CgroupRoot {
     base: PathBuf,
     v2: bool,
+    pool: Arc<Mutex<Vec<Idle>>>,
 }
 
 impl CgroupRoot {
@@ -59,7 +76,11 @@ impl CgroupRoot {
             Ok(())
         };
         match prepare() {
-            Ok(()) => Some(CgroupRoot { base, v2 }),
+            Ok(()) => Some(CgroupRoot {
+                base,
+                v2,
+                pool: Arc::default(),
+            }),
             Err(error) => {
                 tracing::warn!(%error, root = %root.display(), "pids cgroup unusable");
                 None
@@ -67,8 +88,21 @@ impl CgroupRoot {
         }
     }
 
-    /// Creates the cgroup of one run.
+    /// The cgroup of one run: an idle one from the pool, or a new one.
     pub(crate) fn create_run(&self, max_processes: u64) -> io::Result<RunCgroup> {
+        let idle = self.pool.lock().unwrap_or_else(|e| e.into_inner()).pop();
+        if let Some(idle) = idle {
+            let mut cgroup = RunCgroup {
+                dir: idle.dir,
+                procs: Some(idle.procs),
+                v2: self.v2,
+                refused_before: 0,
+                pool: Some(Arc::clone(&self.pool)),
+            };
+            cgroup.refused_before = cgroup.refused_forks();
+            fs::write(cgroup.dir.join("pids.max"), max_processes.to_string())?;
+            return Ok(cgroup);
+        }
         static COUNTER: AtomicU64 = AtomicU64::new(0);
         let dir = self
             .base
@@ -79,6 +113,8 @@ impl CgroupRoot {
             procs: None,
             dir,
             v2: self.v2,
+            refused_before: 0,
+            pool: None,
         };
         fs::write(cgroup.dir.join("pids.max"), max_processes.to_string())?;
         cgroup.procs = Some(
@@ -86,6 +122,7 @@ impl CgroupRoot {
                 .write(true)
                 .open(cgroup.dir.join("cgroup.procs"))?,
         );
+        cgroup.pool = Some(Arc::clone(&self.pool));
         Ok(cgroup)
     }
 }
@@ -140,12 +177,17 @@ fn kill_listed(dir: &Path) -> bool {
     false
 }
 
-/// The cgroup of one run; dropping it kills what is left inside and removes it.
+/// The cgroup of one run; dropping it kills what is left inside and returns it to the pool,
+/// or removes it.
 #[derive(Debug)]
 pub(crate) struct RunCgroup {
     dir: PathBuf,
     procs: Option<File>,
     v2: bool,
+    /// Forks `pids.max` had refused before this run (a reused cgroup keeps counting).
+    refused_before: u64,
+    /// Where the cgroup goes back when it is empty; `None` until it is fully set up.
+    pool: Option<Arc<Mutex<Vec<Idle>>>>,
 }
 
 impl RunCgroup {
@@ -162,8 +204,13 @@ impl RunCgroup {
         kill_listed(&self.dir)
     }
 
-    /// How many forks `pids.max` refused.
+    /// How many forks `pids.max` refused during this run.
     pub(crate) fn limit_hits(&self) -> u64 {
+        self.refused_forks().saturating_sub(self.refused_before)
+    }
+
+    /// How many forks `pids.max` has refused since the cgroup was created.
+    fn refused_forks(&self) -> u64 {
         fs::read_to_string(self.dir.join("pids.events"))
             .ok()
             .and_then(|t| {
@@ -177,6 +224,19 @@ impl RunCgroup {
 
 impl Drop for RunCgroup {
     fn drop(&mut self) {
+        if let Some(pool) = self.pool.take()
+            && let Some(procs) = self.procs.take()
+            && self.kill_all()
+        {
+            let mut pool = pool.lock().unwrap_or_else(|e| e.into_inner());
+            if pool.len() < POOL_SIZE {
+                pool.push(Idle {
+                    dir: std::mem::take(&mut self.dir),
+                    procs,
+                });
+                return;
+            }
+        }
         self.procs = None;
         for _ in 0..50 {
             self.kill_all();

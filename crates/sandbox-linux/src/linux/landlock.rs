@@ -1,18 +1,28 @@
-//! Builds the Landlock ruleset of a run, in the parent, before the fork.
+//! Builds the Landlock ruleset of a run, in the parent, before the clone.
 //!
 //! The ruleset is created with the crate `landlock` using the ABI the kernel reports (so
 //! every handled right is one the kernel knows, and `HardRequirement` turns any mismatch into
 //! an error instead of a silent downgrade), then turned into a plain file descriptor. The
 //! child only calls `landlock_restrict_self(fd, 0)`: rust-landlock's own `restrict_self`
-//! builds a status struct and may allocate an error, which is not allowed between fork and
+//! builds a status struct and may allocate an error, which is not allowed between clone and
 //! exec.
+//!
+//! Opening the two dozen system paths was most of the cost of a ruleset, so their `O_PATH`
+//! descriptors are kept and reopened once they are [`SYSTEM_REFRESH`] old. A rule attaches to
+//! the inode the descriptor names, so a system file replaced by a rename in the meantime
+//! (a package upgrade rewriting `/etc/ld.so.cache`) is denied, never wrongly granted, until
+//! the next refresh: staleness can only narrow the grant.
 
+use std::fs::{File, OpenOptions};
 use std::os::fd::OwnedFd;
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use landlock::{
     ABI, Access, AccessFs, AccessNet, BitFlags, CompatLevel, Compatible, NetPort, PathBeneath,
-    PathFd, Ruleset, RulesetAttr, RulesetCreatedAttr, Scope,
+    Ruleset, RulesetAttr, RulesetCreatedAttr, Scope,
 };
 use sandbox_core::{LandlockStatus, NetworkPolicy, Policy, RunError};
 
@@ -55,6 +65,61 @@ fn setup_error(error: impl std::error::Error + Send + Sync + 'static) -> RunErro
     }
 }
 
+/// How long the descriptors of the system paths are reused before they are reopened.
+pub(crate) const SYSTEM_REFRESH: Duration = Duration::from_secs(1);
+
+/// A path opened for a rule, with the access it gets (narrowed to file rights for a file).
+type Grant = (File, BitFlags<AccessFs>);
+
+/// The system part of every ruleset, opened at one moment.
+struct SystemGrants {
+    opened: Instant,
+    abi: u32,
+    grants: Vec<Grant>,
+}
+
+/// Opens `path` with `O_PATH` for a rule granting `access` (file rights only for a file).
+fn open_grant(path: &Path, access: BitFlags<AccessFs>, abi: ABI) -> std::io::Result<Grant> {
+    let file = OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_PATH | libc::O_CLOEXEC)
+        .open(path)?;
+    let access = if file.metadata()?.is_dir() {
+        access
+    } else {
+        access & AccessFs::from_file(abi)
+    };
+    Ok((file, access))
+}
+
+/// The system grants, reopened when older than [`SYSTEM_REFRESH`]. Paths missing on the host
+/// are skipped.
+fn system_grants(kernel_abi: u32) -> Arc<SystemGrants> {
+    static CACHE: Mutex<Option<Arc<SystemGrants>>> = Mutex::new(None);
+    if let Some(cached) = CACHE.lock().unwrap_or_else(|e| e.into_inner()).as_ref()
+        && cached.abi == kernel_abi
+        && cached.opened.elapsed() < SYSTEM_REFRESH
+    {
+        return Arc::clone(cached);
+    }
+    let abi = ABI::from(i32::try_from(kernel_abi).unwrap_or(i32::MAX));
+    let read = AccessFs::from_read(abi);
+    let all = AccessFs::from_all(abi);
+    let grants = profile::SYSTEM_READ_PATHS
+        .iter()
+        .map(|p| (p, read))
+        .chain(profile::SYSTEM_WRITE_PATHS.iter().map(|p| (p, all)))
+        .filter_map(|(path, access)| open_grant(Path::new(path), access, abi).ok())
+        .collect();
+    let fresh = Arc::new(SystemGrants {
+        opened: Instant::now(),
+        abi: kernel_abi,
+        grants,
+    });
+    *CACHE.lock().unwrap_or_else(|e| e.into_inner()) = Some(Arc::clone(&fresh));
+    fresh
+}
+
 /// Builds the ruleset for `policy` plus the run's work directory.
 pub(crate) fn build(policy: &Policy, work_dir: &Path, kernel_abi: u32) -> Result<Built, RunError> {
     let abi = ABI::from(i32::try_from(kernel_abi).unwrap_or(i32::MAX));
@@ -62,6 +127,23 @@ pub(crate) fn build(policy: &Policy, work_dir: &Path, kernel_abi: u32) -> Result
     let all = AccessFs::from_all(abi);
     let network_ports = kernel_abi >= ABI_NET;
     let ipc_scoping = kernel_abi >= ABI_SCOPE;
+
+    // Open the requested paths first: a missing one fails the run before any ruleset exists.
+    let requested = |path: &Path, access| {
+        open_grant(path, access, abi).map_err(|source| RunError::PathUnavailable {
+            path: path.to_owned(),
+            source,
+        })
+    };
+    let mut grants = Vec::new();
+    for p in policy.read_paths() {
+        grants.push(requested(p, read)?);
+    }
+    for p in policy.write_paths() {
+        grants.push(requested(p, all)?);
+    }
+    grants.push(requested(work_dir, all)?);
+    let system = policy.system_paths().then(|| system_grants(kernel_abi));
 
     let mut ruleset = Ruleset::default()
         .set_compatibility(CompatLevel::HardRequirement)
@@ -78,45 +160,11 @@ pub(crate) fn build(policy: &Policy, work_dir: &Path, kernel_abi: u32) -> Result
             .map_err(setup_error)?;
     }
     let mut created = ruleset.create().map_err(setup_error)?;
-
-    let mut rules: Vec<PathBeneath<PathFd>> = Vec::new();
-    let mut grant = |path: &Path, access: BitFlags<AccessFs>, required: bool| {
-        let fd = match PathFd::new(path) {
-            Ok(fd) => fd,
-            Err(_) if !required => return Ok(()),
-            Err(e) => {
-                return Err(RunError::PathUnavailable {
-                    path: path.to_owned(),
-                    source: std::io::Error::other(e),
-                });
-            }
-        };
-        let is_dir = std::fs::metadata(path).map(|m| m.is_dir()).unwrap_or(false);
-        let access = if is_dir {
-            access
-        } else {
-            access & AccessFs::from_file(abi)
-        };
-        rules.push(PathBeneath::new(fd, access));
-        Ok(())
-    };
-    if policy.system_paths() {
-        for p in profile::SYSTEM_READ_PATHS {
-            grant(Path::new(p), read, false)?;
-        }
-        for p in profile::SYSTEM_WRITE_PATHS {
-            grant(Path::new(p), all, false)?;
-        }
-    }
-    for p in policy.read_paths() {
-        grant(p, read, true)?;
-    }
-    for p in policy.write_paths() {
-        grant(p, all, true)?;
-    }
-    grant(work_dir, all, true)?;
-    for rule in rules {
-        created = created.add_rule(rule).map_err(setup_error)?;
+    let system_grants = system.iter().flat_map(|s| s.grants.iter());
+    for (file, access) in system_grants.chain(grants.iter()) {
+        created = created
+            .add_rule(PathBeneath::new(file, *access))
+            .map_err(setup_error)?;
     }
 
     if network_ports

@@ -317,16 +317,18 @@ impl Inner {
             None => None,
         };
         let tcp = matches!(policy.network(), NetworkPolicy::Tcp { .. });
-        let programs = if self.layers.seccomp {
+        let seccomp_variant = if self.layers.seccomp {
             let variant = seccomp::Variant {
                 tcp,
                 unix_sockets: policy.allow_unix_sockets(),
                 lock_process_group: cgroup.is_none(),
             };
-            Some(seccomp::programs(variant).map_err(|e| RunError::Io {
+            // Compiled once per variant; a profile that does not compile fails the run here.
+            seccomp::thread_program(variant).map_err(|e| RunError::Io {
                 what: "compiling the seccomp filter",
                 source: io::Error::other(e),
-            })?)
+            })?;
+            Some(variant)
         } else {
             None
         };
@@ -344,16 +346,16 @@ impl Inner {
                 .map_or(LandlockStatus::NotEnforced, |r| r.status),
             filesystem: ruleset.is_some(),
             network_ports: ruleset.as_ref().is_some_and(|r| r.network_ports)
-                || (programs.is_some() && !tcp),
+                || (seccomp_variant.is_some() && !tcp),
             ipc_scoping: ruleset.as_ref().is_some_and(|r| r.ipc_scoping),
-            seccomp: programs.is_some(),
+            seccomp: seccomp_variant.is_some(),
             no_new_privs: self.layers.no_new_privs,
             capabilities_dropped: self.capabilities_dropped(),
             rlimits: self.layers.rlimits,
             process_containment: self.containment(cgroup.is_some()),
             uid: self.uid(),
             missing: Vec::new(),
-            kernel_enforced: ruleset.is_some() && programs.is_some(),
+            kernel_enforced: ruleset.is_some() && seccomp_variant.is_some(),
         };
         report.missing = self.missing(&report);
 
@@ -369,10 +371,10 @@ impl Inner {
             no_new_privs: self.layers.no_new_privs,
             cgroup_procs: cgroup.as_ref().and_then(|c| c.procs_fd()),
             landlock: ruleset.as_ref().map(|r| r.fd.as_fd()),
-            seccomp: programs.as_deref().map_or(&[], |p| &p[..]),
+            seccomp: seccomp_variant,
         };
         let started = Instant::now();
-        let spawned = spawn::spawn(&spec)?;
+        let spawned = spawn::spawn(&spec).await?;
         drop(ruleset);
         let control = LinuxChild {
             pid: spawned.pid,
