@@ -15,7 +15,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use anyhow::{Result, bail};
+use anyhow::{Context, Result, bail};
 use certgen::{CaParams, CertificateAuthority, ClientParams, Inventory};
 use rcgen::{
     BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
@@ -33,8 +33,8 @@ struct Args {
     mode: String,
     #[arg(long, default_value = "")]
     addr: String,
-    #[arg(long, default_value = "")]
-    certs: PathBuf,
+    #[arg(long)]
+    certs: Option<PathBuf>,
     #[arg(long, default_value_t = 2.0)]
     seconds: f64,
     #[arg(long, default_value_t = 8)]
@@ -104,9 +104,13 @@ fn library(seconds: f64, with_inventory: bool) -> Result<f64> {
 }
 
 async fn grpc(args: &Args) -> Result<f64> {
-    let channel = common::mtls_endpoint(&args.addr, &args.certs, "admin")?
-        .connect()
-        .await?;
+    let channel = common::mtls_endpoint(
+        &args.addr,
+        args.certs.as_deref().context("--certs is required")?,
+        "admin",
+    )?
+    .connect()
+    .await?;
     let csrs = Arc::new(csrs()?);
     let count = Arc::new(AtomicU64::new(0));
     let deadline = Instant::now() + Duration::from_secs_f64(args.seconds);

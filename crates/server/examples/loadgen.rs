@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use anyhow::{Result, bail};
+use anyhow::{Context, Result, bail};
 use server::proto::identity::v1::WhoAmIRequest;
 use server::proto::identity::v1::identity_client::IdentityClient;
 use tonic::transport::{Channel, Endpoint};
@@ -21,8 +21,8 @@ struct Args {
     mode: String,
     #[arg(long, default_value = "")]
     addr: String,
-    #[arg(long, default_value = "")]
-    certs: PathBuf,
+    #[arg(long)]
+    certs: Option<PathBuf>,
     #[arg(long, default_value = "admin")]
     client: String,
     #[arg(long, default_value_t = 3.0)]
@@ -32,7 +32,11 @@ struct Args {
 }
 
 fn endpoint(args: &Args) -> Result<Endpoint> {
-    common::mtls_endpoint(&args.addr, &args.certs, &args.client)
+    common::mtls_endpoint(
+        &args.addr,
+        args.certs.as_deref().context("--certs is required")?,
+        &args.client,
+    )
 }
 
 async fn handshakes(args: &Args) -> Result<f64> {

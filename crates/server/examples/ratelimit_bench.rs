@@ -32,8 +32,8 @@ struct Args {
     mode: String,
     #[arg(long, default_value = "")]
     addr: String,
-    #[arg(long, default_value = "")]
-    certs: PathBuf,
+    #[arg(long)]
+    certs: Option<PathBuf>,
     #[arg(long, default_value = "")]
     url: String,
     #[arg(long, default_value_t = 2.0)]
@@ -112,7 +112,11 @@ fn memory(args: &Args) -> Result<()> {
 }
 
 async fn check(args: &Args) -> Result<()> {
-    let endpoint = common::mtls_endpoint(&args.addr, &args.certs, "admin")?;
+    let endpoint = common::mtls_endpoint(
+        &args.addr,
+        args.certs.as_deref().context("--certs is required")?,
+        "admin",
+    )?;
     let mut channels = Vec::new();
     for _ in 0..args.connections.max(1) {
         channels.push(endpoint.connect().await?);

@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use anyhow::{Result, bail, ensure};
+use anyhow::{Context, Result, bail, ensure};
 use sandbox_core::{
     Ceiling, Manager, ManagerConfig, PolicySpec, RunOptions, RunRequest, Technology,
 };
@@ -28,8 +28,8 @@ struct Args {
     kind: String,
     #[arg(long, default_value = "")]
     addr: String,
-    #[arg(long, default_value = "")]
-    certs: PathBuf,
+    #[arg(long)]
+    certs: Option<PathBuf>,
     #[arg(long, default_value_t = 200)]
     count: usize,
     #[arg(long, default_value_t = 3.0)]
@@ -39,9 +39,13 @@ struct Args {
 }
 
 async fn channel(args: &Args) -> Result<Channel> {
-    Ok(common::mtls_endpoint(&args.addr, &args.certs, "admin")?
-        .connect()
-        .await?)
+    Ok(common::mtls_endpoint(
+        &args.addr,
+        args.certs.as_deref().context("--certs is required")?,
+        "admin",
+    )?
+    .connect()
+    .await?)
 }
 
 fn true_request() -> PbRunRequest {

@@ -158,3 +158,69 @@ fn bad_sandbox_configuration_refuses_to_start() {
         "timeout_ms",
     );
 }
+
+/// The pids whose command line is exactly `argv`.
+fn processes_running(argv: &[&str]) -> Vec<u32> {
+    let wanted: Vec<u8> = argv
+        .iter()
+        .flat_map(|a| [a.as_bytes(), b"\0"].concat())
+        .collect();
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .filter_map(|entry| entry.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|c| c == wanted))
+        .collect()
+}
+
+#[test]
+fn a_run_dies_with_a_crashed_server() {
+    let (mut server, _) = start("");
+    // A duration no other test uses, so the process is ours.
+    let seconds = format!("{}.25", 900 + std::process::id() % 97);
+    let argv = ["sleep", seconds.as_str()];
+    let request = serde_json::json!({"argv": argv, "tool": "crash", "tool_source": "builtin"});
+    let certs = server.certs();
+    let mut client = Command::new(harness::grpcurl())
+        .arg("-cacert")
+        .arg(certs.join("ca.pem"))
+        .arg("-cert")
+        .arg(certs.join("admin.pem"))
+        .arg("-key")
+        .arg(certs.join("admin.key"))
+        .args([
+            "-d",
+            &request.to_string(),
+            &server.addr,
+            "cordon.sandbox.v1.Sandbox/Run",
+        ])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let pids = loop {
+        let pids = processes_running(&argv);
+        if !pids.is_empty() {
+            break pids;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the run never started\n{}",
+            server.log()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
+
+    server.child.kill().unwrap();
+    server.child.wait().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !processes_running(&argv).is_empty() {
+        assert!(
+            Instant::now() < deadline,
+            "{pids:?} survived the server's kill -9"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let _ = client.kill();
+    let _ = client.wait();
+}
