@@ -19,8 +19,8 @@ mod stats;
 
 pub use limit::{Algorithm, Decision, Limit, LimitError, MAX_LOG_LIMIT, MAX_SCALED};
 pub use limiter::{
-    BuildError, CheckError, Descriptor, INLINE, Limiter, LimiterConfig, MultiDecision, ResetError,
-    Target,
+    BuildError, CheckError, CheckFuture, Descriptor, INLINE, Limiter, LimiterConfig, MultiDecision,
+    ResetError, Target,
 };
 pub use memory::{MemoryBackend, MemoryConfig, MemoryItem};
 pub use policy::{Backend, FailureMode, Override, Policy, PolicyError, PolicySet, TOOL_DEFAULTS};

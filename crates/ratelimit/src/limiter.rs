@@ -1,7 +1,10 @@
 //! The limiter: resolves policies, routes to a backend, applies failure modes, counts.
 
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
@@ -134,6 +137,35 @@ struct Resolved<'a> {
     counters: &'a Counters,
 }
 
+/// The future of [`Limiter::check`].
+#[must_use = "a decision that is not awaited is not made"]
+pub enum CheckFuture<'a> {
+    /// Decided already (in memory, or refused before any backend was asked).
+    Ready(std::future::Ready<Result<Decision, CheckError>>),
+    /// Waiting for Redis.
+    Remote(Pin<Box<dyn Future<Output = Result<Decision, CheckError>> + Send + 'a>>),
+}
+
+impl Future for CheckFuture<'_> {
+    type Output = Result<Decision, CheckError>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        match self.get_mut() {
+            CheckFuture::Ready(ready) => Pin::new(ready).poll(cx),
+            CheckFuture::Remote(remote) => remote.as_mut().poll(cx),
+        }
+    }
+}
+
+impl std::fmt::Debug for CheckFuture<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            CheckFuture::Ready(_) => "CheckFuture::Ready",
+            CheckFuture::Remote(_) => "CheckFuture::Remote",
+        })
+    }
+}
+
 /// Rate limiter over named policies and inline limits.
 ///
 /// Policies are swapped atomically by [`Limiter::reload`]; state lives in the backends,
@@ -185,16 +217,29 @@ impl Limiter {
     }
 
     /// Decides one descriptor.
-    pub async fn check(&self, d: &Descriptor<'_>) -> Result<Decision, CheckError> {
+    ///
+    /// An in-memory decision is made before this returns, and the returned future is merely
+    /// ready: the common case pays neither for an async state machine sized for the Redis
+    /// round trip nor for moving one around. Only a Redis policy returns pending work.
+    pub fn check<'a>(&'a self, d: &'a Descriptor<'a>) -> CheckFuture<'a> {
         let set = self.policies.load();
-        let r = self.resolve(&set, d)?;
+        let r = match self.resolve(&set, d) {
+            Ok(r) => r,
+            Err(e) => return CheckFuture::Ready(std::future::ready(Err(e))),
+        };
         if r.backend == Backend::Memory {
             let decision = self.memory.check(r.namespace, r.key, &r.limit, r.cost);
             r.counters.record(decision.allowed);
-            return Ok(decision);
+            return CheckFuture::Ready(std::future::ready(Ok(decision)));
         }
-        let many = self.check_redis(std::slice::from_ref(&r)).await;
-        Ok(many.decisions[0])
+        drop(set);
+        CheckFuture::Remote(Box::pin(async move {
+            // Resolved again under a guard that lives across the round trip.
+            let set = self.policies.load();
+            let r = self.resolve(&set, d)?;
+            let many = self.check_redis(std::slice::from_ref(&r)).await;
+            Ok(many.decisions[0])
+        }))
     }
 
     /// Decides a tool call: the tool's policy with key `identity:tool`.
