@@ -24,6 +24,7 @@ pub mod report;
 pub mod run;
 pub mod sandbox;
 pub mod supervise;
+mod workdir;
 
 pub use ceiling::{Ceiling, CeilingConfig};
 pub use manager::{Manager, ManagerConfig, ManagerError};

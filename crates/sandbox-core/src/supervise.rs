@@ -20,13 +20,14 @@ use std::collections::{BTreeMap, VecDeque};
 use std::future::Future;
 use std::io;
 use std::os::fd::OwnedFd;
-use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+pub use crate::workdir::WorkDir;
 use tokio::net::unix::pipe;
 use tokio::sync::mpsc;
 
@@ -84,56 +85,6 @@ pub fn resolve_program(argv0: &str, cwd: &Path) -> Result<PathBuf, RunError> {
         .map(|dir| Path::new(dir).join(argv0))
         .find(|p| executable(p))
         .ok_or_else(not_found)
-}
-
-/// A run's working directory: a fresh directory removed on drop, or a granted `cwd` that is
-/// left alone.
-#[derive(Debug)]
-pub struct WorkDir {
-    path: PathBuf,
-    remove: bool,
-}
-
-impl WorkDir {
-    /// Creates a fresh directory (mode 0700) under `root`, owned by `owner` when given.
-    pub fn create(root: &Path, owner: Option<(u32, u32)>) -> io::Result<Self> {
-        static COUNTER: AtomicU64 = AtomicU64::new(0);
-        std::fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o711)
-            .create(root)?;
-        let n = COUNTER.fetch_add(1, Ordering::Relaxed);
-        let path = root.join(format!("run-{}-{n}", std::process::id()));
-        std::fs::DirBuilder::new().mode(0o700).create(&path)?;
-        let dir = WorkDir { path, remove: true };
-        if let Some((uid, gid)) = owner {
-            std::os::unix::fs::chown(&dir.path, Some(uid), Some(gid))?;
-        }
-        Ok(dir)
-    }
-
-    /// Uses an existing directory (a granted `cwd`); it is not removed.
-    pub fn existing(path: &Path) -> Self {
-        WorkDir {
-            path: path.to_owned(),
-            remove: false,
-        }
-    }
-
-    /// The directory.
-    pub fn path(&self) -> &Path {
-        &self.path
-    }
-}
-
-impl Drop for WorkDir {
-    fn drop(&mut self) {
-        if self.remove
-            && let Err(error) = std::fs::remove_dir_all(&self.path)
-        {
-            tracing::warn!(path = %self.path.display(), %error, "cannot remove run directory");
-        }
-    }
 }
 
 /// How the child ended and what it used, from `wait4`.
