@@ -240,3 +240,140 @@ timeout_ms = 5000
         assert!(text.contains(needle), "{needle} missing from\n{text}");
     }
 }
+
+/// Set in the child that [`a_host_without_landlock_falls_back_honestly`] starts.
+const NO_LANDLOCK_CHILD: &str = "SANDBOX_TEST_NO_LANDLOCK_CHILD";
+
+/// What a host without Landlock must get: naming Landlock is refused, `auto` falls back to
+/// seccomp and says so in every report, and a run that requires kernel enforcement is
+/// refused. The host is made to lack Landlock for real: this test re-runs itself in a child
+/// whose seccomp filter answers the three Landlock syscalls with ENOSYS, which is what a
+/// kernel without Landlock answers.
+#[test]
+fn a_host_without_landlock_falls_back_honestly() {
+    if std::env::var_os(NO_LANDLOCK_CHILD).is_none() {
+        run_without_landlock("manager::a_host_without_landlock_falls_back_honestly");
+        return;
+    }
+    assert_eq!(kernel_landlock_abi(), 0, "the child still sees Landlock");
+    let named = sandbox_linux::manager(&LinuxConfig::default(), config(Technology::Landlock, 4));
+    assert!(
+        matches!(named, Err(ManagerError::Unavailable { .. })),
+        "{named:?}"
+    );
+
+    let manager =
+        sandbox_linux::manager(&LinuxConfig::default(), config(Technology::Auto, 4)).unwrap();
+    let caps = manager.capabilities();
+    assert_eq!(caps.backend, "seccomp");
+    assert_eq!(caps.landlock_abi, 0);
+    assert!(!caps.kernel_enforced);
+
+    let strict = PolicySpec {
+        require_kernel_enforcement: true,
+        ..PolicySpec::default()
+    };
+    let request = RunRequest::new(vec!["true".into()], manager.policy(&strict).unwrap()).unwrap();
+    let err = rt()
+        .block_on(manager.run(request, RunOptions::default()))
+        .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            RunError::KernelEnforcementUnavailable { backend: "seccomp" }
+        ),
+        "{err}"
+    );
+
+    // The fallback still runs commands, under seccomp, and its report names what is missing.
+    let request = RunRequest::new(
+        vec!["sh".into(), "-c".into(), "echo fallback".into()],
+        manager.policy(&PolicySpec::default()).unwrap(),
+    )
+    .unwrap();
+    let out = rt()
+        .block_on(manager.run(request, RunOptions::default()))
+        .unwrap();
+    assert_eq!(stdout(&out), "fallback\n");
+    let e = &out.enforcement;
+    assert_eq!(e.backend, "seccomp");
+    assert_eq!(e.landlock_abi, 0);
+    assert!(!e.filesystem && e.seccomp && !e.kernel_enforced);
+    assert!(
+        e.missing.contains(&"filesystem".to_owned()),
+        "{:?}",
+        e.missing
+    );
+    assert!(
+        !e.missing.contains(&"seccomp".to_owned()),
+        "{:?}",
+        e.missing
+    );
+}
+
+/// Runs the test named `test` in a child of this test binary in which every Landlock syscall
+/// fails with ENOSYS, and fails unless it passed there.
+fn run_without_landlock(test: &str) {
+    use std::collections::BTreeMap;
+    use std::os::unix::process::CommandExt;
+
+    use seccompiler::{SeccompAction, SeccompFilter, TargetArch};
+
+    #[cfg(target_arch = "x86_64")]
+    const ARCH: TargetArch = TargetArch::x86_64;
+    #[cfg(target_arch = "aarch64")]
+    const ARCH: TargetArch = TargetArch::aarch64;
+
+    let rules: BTreeMap<i64, Vec<seccompiler::SeccompRule>> = [
+        libc::SYS_landlock_create_ruleset,
+        libc::SYS_landlock_add_rule,
+        libc::SYS_landlock_restrict_self,
+    ]
+    .into_iter()
+    .map(|n| (n, Vec::new()))
+    .collect();
+    let filter = SeccompFilter::new(
+        rules,
+        SeccompAction::Allow,
+        SeccompAction::Errno(libc::ENOSYS as u32),
+        ARCH,
+    )
+    .unwrap();
+    let program: seccompiler::BpfProgram = filter.try_into().unwrap();
+    // Leaked so the closure can point at it from the child without owning it.
+    let program: &'static [seccompiler::sock_filter] = Box::leak(program.into_boxed_slice());
+    let len = u16::try_from(program.len()).unwrap();
+    let mut command = std::process::Command::new(std::env::current_exe().unwrap());
+    command
+        .args(["--exact", test, "--nocapture", "--test-threads", "1"])
+        .env(NO_LANDLOCK_CHILD, "1");
+    // SAFETY: between fork and exec the closure makes two raw system calls on memory prepared
+    // before the fork (the leaked program lives for the rest of the process).
+    unsafe {
+        command.pre_exec(move || {
+            let fprog = libc::sock_fprog {
+                len,
+                filter: program.as_ptr().cast::<libc::sock_filter>().cast_mut(),
+            };
+            if libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0
+                || libc::syscall(
+                    libc::SYS_seccomp,
+                    libc::SECCOMP_SET_MODE_FILTER,
+                    0u32,
+                    &raw const fprog,
+                ) != 0
+            {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let output = command.output().unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(output.status.success(), "{text}");
+    assert!(text.contains("1 passed"), "the child ran no test:\n{text}");
+}
