@@ -391,14 +391,17 @@ mod tests {
         }
     }
 
+    fn every_variant() -> impl Iterator<Item = Variant> {
+        (0..8u8).map(|bits| Variant {
+            tcp: bits & 1 != 0,
+            unix_sockets: bits & 2 != 0,
+            lock_process_group: bits & 4 != 0,
+        })
+    }
+
     #[test]
     fn every_variant_compiles() {
-        for bits in 0..8u8 {
-            let variant = Variant {
-                tcp: bits & 1 != 0,
-                unix_sockets: bits & 2 != 0,
-                lock_process_group: bits & 4 != 0,
-            };
+        for variant in every_variant() {
             let program = thread_program(variant).expect("compiles");
             assert!(!program.is_empty() && program.len() < 4096);
         }
@@ -479,12 +482,7 @@ mod tests {
         ]);
         let foreign = 3 | 0x4000_0000;
         let mut checked = 0u64;
-        for bits in 0..8u8 {
-            let variant = Variant {
-                tcp: bits & 1 != 0,
-                unix_sockets: bits & 2 != 0,
-                lock_process_group: bits & 4 != 0,
-            };
+        for variant in every_variant() {
             let thread = thread_program(variant).expect("compiles");
             let lock = process_group_lock().expect("compiles");
             // What the kernel answers: the most severe result of every installed filter

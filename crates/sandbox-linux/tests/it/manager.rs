@@ -47,12 +47,12 @@ fn naming_landlock_requires_landlock() {
     assert_eq!(auto.capabilities().backend, expected);
 }
 
-#[test]
-fn soft_backend_reports_honestly_and_refuses_required_enforcement() {
-    let manager =
-        sandbox_linux::manager(&LinuxConfig::default(), config(Technology::Soft, 4)).unwrap();
-    let caps = manager.capabilities();
-    assert!(!caps.kernel_enforced);
+/// A manager whose backend (`backend`) is not kernel-enforced refuses a run that requires
+/// kernel enforcement, and still runs one that does not; returns that run's outcome.
+fn refuses_required_enforcement_but_runs(
+    manager: &sandbox_core::Manager,
+    backend: &str,
+) -> RunOutcome {
     let strict = PolicySpec {
         require_kernel_enforcement: true,
         ..PolicySpec::default()
@@ -62,22 +62,28 @@ fn soft_backend_reports_honestly_and_refuses_required_enforcement() {
         .block_on(manager.run(request, RunOptions::default()))
         .unwrap_err();
     assert!(
-        matches!(
-            err,
-            RunError::KernelEnforcementUnavailable { backend: "soft" }
-        ),
+        matches!(err, RunError::KernelEnforcementUnavailable { backend: b } if b == backend),
         "{err}"
     );
-
     let request = RunRequest::new(
-        vec!["echo".into(), "soft".into()],
+        vec!["echo".into(), backend.into()],
         manager.policy(&PolicySpec::default()).unwrap(),
     )
     .unwrap();
     let out = rt()
         .block_on(manager.run(request, RunOptions::default()))
         .unwrap();
-    assert_eq!(stdout(&out), "soft\n");
+    assert_eq!(stdout(&out), format!("{backend}\n"));
+    assert_eq!(out.enforcement.backend, backend);
+    out
+}
+
+#[test]
+fn soft_backend_reports_honestly_and_refuses_required_enforcement() {
+    let manager =
+        sandbox_linux::manager(&LinuxConfig::default(), config(Technology::Soft, 4)).unwrap();
+    assert!(!manager.capabilities().kernel_enforced);
+    let out = refuses_required_enforcement_but_runs(&manager, "soft");
     let e = &out.enforcement;
     assert_eq!(e.backend, "soft");
     assert!(!e.filesystem && !e.seccomp && !e.kernel_enforced && e.rlimits && e.no_new_privs);
@@ -269,32 +275,8 @@ fn a_host_without_landlock_falls_back_honestly() {
     assert_eq!(caps.landlock_abi, 0);
     assert!(!caps.kernel_enforced);
 
-    let strict = PolicySpec {
-        require_kernel_enforcement: true,
-        ..PolicySpec::default()
-    };
-    let request = RunRequest::new(vec!["true".into()], manager.policy(&strict).unwrap()).unwrap();
-    let err = rt()
-        .block_on(manager.run(request, RunOptions::default()))
-        .unwrap_err();
-    assert!(
-        matches!(
-            err,
-            RunError::KernelEnforcementUnavailable { backend: "seccomp" }
-        ),
-        "{err}"
-    );
-
     // The fallback still runs commands, under seccomp, and its report names what is missing.
-    let request = RunRequest::new(
-        vec!["sh".into(), "-c".into(), "echo fallback".into()],
-        manager.policy(&PolicySpec::default()).unwrap(),
-    )
-    .unwrap();
-    let out = rt()
-        .block_on(manager.run(request, RunOptions::default()))
-        .unwrap();
-    assert_eq!(stdout(&out), "fallback\n");
+    let out = refuses_required_enforcement_but_runs(&manager, "seccomp");
     let e = &out.enforcement;
     assert_eq!(e.backend, "seccomp");
     assert_eq!(e.landlock_abi, 0);

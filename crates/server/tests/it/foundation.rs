@@ -135,14 +135,7 @@ roles = ["auditor"]
 }
 
 fn grpcurl(server: &TestServer, args: &[&str]) -> std::process::Output {
-    let certs = server.certs();
-    Command::new(harness::grpcurl())
-        .arg("-cacert")
-        .arg(certs.join("ca.pem"))
-        .arg("-cert")
-        .arg(certs.join("admin.pem"))
-        .arg("-key")
-        .arg(certs.join("admin.key"))
+    harness::grpcurl_as_admin(server)
         .args(args)
         .output()
         .expect("run grpcurl")

@@ -127,6 +127,21 @@ pub(crate) fn grpcurl() -> PathBuf {
     )
 }
 
+/// A grpcurl command that trusts `server`'s CA and presents its admin client certificate;
+/// the caller adds the request.
+pub(crate) fn grpcurl_as_admin(server: &TestServer) -> Command {
+    let certs = server.certs();
+    let mut command = Command::new(grpcurl());
+    command
+        .arg("-cacert")
+        .arg(certs.join("ca.pem"))
+        .arg("-cert")
+        .arg(certs.join("admin.pem"))
+        .arg("-key")
+        .arg(certs.join("admin.key"));
+    command
+}
+
 /// Runs one of the scripts in `tests/python` with a JSON context file and
 /// fails the test, with the script's output, when any of its checks fail.
 pub(crate) fn run_python(script: &str, context: &serde_json::Value) {

@@ -179,14 +179,7 @@ fn a_run_dies_with_a_crashed_server() {
     let seconds = format!("{}.25", 900 + std::process::id() % 97);
     let argv = ["sleep", seconds.as_str()];
     let request = serde_json::json!({"argv": argv, "tool": "crash", "tool_source": "builtin"});
-    let certs = server.certs();
-    let mut client = Command::new(harness::grpcurl())
-        .arg("-cacert")
-        .arg(certs.join("ca.pem"))
-        .arg("-cert")
-        .arg(certs.join("admin.pem"))
-        .arg("-key")
-        .arg(certs.join("admin.key"))
+    let mut client = harness::grpcurl_as_admin(&server)
         .args([
             "-d",
             &request.to_string(),
