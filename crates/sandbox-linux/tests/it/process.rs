@@ -1,5 +1,6 @@
 //! Attacks on other processes and on the run's own containment.
 
+use std::os::unix::fs::PermissionsExt;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -179,4 +180,50 @@ fn dropping_the_run_future_kills_the_run() {
     });
     std::thread::sleep(Duration::from_millis(200));
     assert!(processes_with(&tag).is_empty());
+}
+
+/// A run dropped while its child is still being cloned and set up (the first poll hands the
+/// child to a spawner thread and waits) must not leave that child running unsupervised. The
+/// run names a `cwd` that outlives it, so the child's setup succeeds and only the spawner's
+/// clean-up of a child nobody waits for can stop it.
+#[test]
+fn runs_cancelled_while_their_child_is_set_up_leave_nothing_behind() {
+    let tag = marker("setup-cancel");
+    let sandbox = strongest();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let cwd = tempfile::tempdir().unwrap();
+    // The run's uid (65534 when the tests run as root) must be able to enter it.
+    std::fs::set_permissions(cwd.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
+    let cwd = cwd.path().display().to_string();
+    rt.block_on(async {
+        for _ in 0..50 {
+            let spec = PolicySpec {
+                write_paths: vec![cwd.clone()],
+                ..PolicySpec::default()
+            };
+            let request = RunRequest::new(vec!["sleep".into(), tag.clone()], policy(spec))
+                .unwrap()
+                .with_cwd(&cwd)
+                .unwrap();
+            let mut run = sandbox.run(request, RunOptions::default());
+            let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+            assert!(
+                run.as_mut().poll(&mut cx).is_pending(),
+                "a sleep cannot finish on the first poll"
+            );
+            drop(run);
+        }
+    });
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while !processes_with(&tag).is_empty() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "cancelled runs left {:?} behind",
+            processes_with(&tag)
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
 }
