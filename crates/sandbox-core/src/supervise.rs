@@ -162,6 +162,29 @@ impl Supervised {
         }
         violations
     }
+
+    /// The run's outcome: what was supervised, with the backend's report and violations.
+    pub fn into_outcome(
+        self,
+        enforcement: crate::EnforcementReport,
+        violations: Vec<String>,
+    ) -> crate::RunOutcome {
+        crate::RunOutcome {
+            exit_code: self.exit.exit_code,
+            signal: self.exit.signal,
+            timed_out: self.timed_out,
+            stdout: self.stdout,
+            stderr: self.stderr,
+            usage: crate::Usage {
+                user_cpu_us: self.exit.user_cpu_us,
+                sys_cpu_us: self.exit.sys_cpu_us,
+                max_rss_bytes: self.exit.max_rss_bytes,
+                wall_us: self.wall_us,
+            },
+            enforcement,
+            violations,
+        }
+    }
 }
 
 /// Supervises a spawned child until it and its whole tree are gone.

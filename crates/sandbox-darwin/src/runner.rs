@@ -31,7 +31,7 @@ use sandbox_core::supervise::{
 };
 use sandbox_core::{
     Capabilities, Containment, EnforcementReport, LandlockStatus, Limits, RunError, RunFuture,
-    RunOptions, RunOutcome, RunRequest, Sandbox, Technology, Usage,
+    RunOptions, RunOutcome, RunRequest, Sandbox, Technology,
 };
 use tokio::sync::oneshot;
 
@@ -351,21 +351,7 @@ impl Inner {
         }
         drop(control);
         drop(work);
-        Ok(RunOutcome {
-            exit_code: supervised.exit.exit_code,
-            signal: supervised.exit.signal,
-            timed_out: supervised.timed_out,
-            stdout: supervised.stdout,
-            stderr: supervised.stderr,
-            usage: Usage {
-                user_cpu_us: supervised.exit.user_cpu_us,
-                sys_cpu_us: supervised.exit.sys_cpu_us,
-                max_rss_bytes: supervised.exit.max_rss_bytes,
-                wall_us: supervised.wall_us,
-            },
-            enforcement: self.report(),
-            violations,
-        })
+        Ok(supervised.into_outcome(self.report(), violations))
     }
 }
 

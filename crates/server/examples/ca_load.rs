@@ -12,7 +12,6 @@ mod common;
 
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
@@ -112,33 +111,30 @@ async fn grpc(args: &Args) -> Result<f64> {
     .connect()
     .await?;
     let csrs = Arc::new(csrs()?);
-    let count = Arc::new(AtomicU64::new(0));
-    let deadline = Instant::now() + Duration::from_secs_f64(args.seconds);
-    let start = Instant::now();
-    let mut tasks = Vec::new();
-    for task in 0..args.concurrency {
-        let mut client = CertAuthorityClient::new(channel.clone());
-        let (csrs, count) = (csrs.clone(), count.clone());
-        tasks.push(tokio::spawn(async move {
-            let mut i = task;
-            while Instant::now() < deadline {
-                client
-                    .issue_certificate(IssueCertificateRequest {
-                        identity: "bench".to_owned(),
-                        csr_pem: csrs[i % CSRS].clone(),
-                        validity_seconds: 0,
-                    })
-                    .await?;
-                count.fetch_add(1, Ordering::Relaxed);
-                i += 1;
-            }
-            anyhow::Ok(())
-        }));
-    }
-    for task in tasks {
-        task.await??;
-    }
-    Ok(count.load(Ordering::Relaxed) as f64 / start.elapsed().as_secs_f64())
+    // Each worker starts at its own CSR and cycles through all of them.
+    let workers = (0..args.concurrency)
+        .map(|task| {
+            (
+                CertAuthorityClient::new(channel.clone()),
+                csrs.clone(),
+                task,
+            )
+        })
+        .collect();
+    common::closed_loop(args.seconds, workers, |(client, csrs, i)| {
+        Box::pin(async move {
+            client
+                .issue_certificate(IssueCertificateRequest {
+                    identity: "bench".to_owned(),
+                    csr_pem: csrs[*i % CSRS].clone(),
+                    validity_seconds: 0,
+                })
+                .await?;
+            *i += 1;
+            Ok(())
+        })
+    })
+    .await
 }
 
 #[tokio::main]

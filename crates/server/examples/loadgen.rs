@@ -4,8 +4,6 @@
 mod common;
 
 use std::path::PathBuf;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
@@ -58,25 +56,16 @@ async fn handshakes(args: &Args) -> Result<f64> {
 
 async fn unary(args: &Args) -> Result<f64> {
     let channel = endpoint(args)?.connect().await?;
-    let count = Arc::new(AtomicU64::new(0));
-    let deadline = Instant::now() + Duration::from_secs_f64(args.seconds);
-    let start = Instant::now();
-    let mut tasks = Vec::new();
-    for _ in 0..args.concurrency {
-        let mut client = IdentityClient::new(channel.clone());
-        let count = count.clone();
-        tasks.push(tokio::spawn(async move {
-            while Instant::now() < deadline {
-                client.who_am_i(WhoAmIRequest {}).await?;
-                count.fetch_add(1, Ordering::Relaxed);
-            }
-            anyhow::Ok(())
-        }));
-    }
-    for task in tasks {
-        task.await??;
-    }
-    Ok(count.load(Ordering::Relaxed) as f64 / start.elapsed().as_secs_f64())
+    let clients = (0..args.concurrency)
+        .map(|_| IdentityClient::new(channel.clone()))
+        .collect();
+    common::closed_loop(args.seconds, clients, |client| {
+        Box::pin(async move {
+            client.who_am_i(WhoAmIRequest {}).await?;
+            Ok(())
+        })
+    })
+    .await
 }
 
 #[tokio::main]

@@ -14,7 +14,6 @@ use std::hint::black_box;
 use std::num::NonZeroU32;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
@@ -121,36 +120,29 @@ async fn check(args: &Args) -> Result<()> {
     for _ in 0..args.connections.max(1) {
         channels.push(endpoint.connect().await?);
     }
-    let count = Arc::new(AtomicU64::new(0));
-    let deadline = Instant::now() + Duration::from_secs_f64(args.seconds);
-    let start = Instant::now();
-    let mut tasks = Vec::new();
-    for i in 0..args.concurrency {
-        let mut client = RateLimitClient::new(channels[i % channels.len()].clone());
-        let count = count.clone();
-        let key = format!("bench-{i}");
-        tasks.push(tokio::spawn(async move {
-            while Instant::now() < deadline {
-                let d = client
-                    .check(CheckRequest {
-                        key: key.clone(),
-                        cost: 1,
-                        limit: Some(check_request::Limit::Policy("bench".to_owned())),
-                    })
-                    .await?
-                    .into_inner()
-                    .decision
-                    .context("no decision")?;
-                anyhow::ensure!(d.allowed, "the bench policy denied a check");
-                count.fetch_add(1, Ordering::Relaxed);
-            }
-            anyhow::Ok(())
-        }));
-    }
-    for task in tasks {
-        task.await??;
-    }
-    let rate = count.load(Ordering::Relaxed) as f64 / start.elapsed().as_secs_f64();
+    let workers = (0..args.concurrency)
+        .map(|i| {
+            let client = RateLimitClient::new(channels[i % channels.len()].clone());
+            (client, format!("bench-{i}"))
+        })
+        .collect();
+    let rate = common::closed_loop(args.seconds, workers, |(client, key)| {
+        Box::pin(async move {
+            let d = client
+                .check(CheckRequest {
+                    key: key.clone(),
+                    cost: 1,
+                    limit: Some(check_request::Limit::Policy("bench".to_owned())),
+                })
+                .await?
+                .into_inner()
+                .decision
+                .context("no decision")?;
+            anyhow::ensure!(d.allowed, "the bench policy denied a check");
+            Ok(())
+        })
+    })
+    .await?;
     println!("rate={rate:.1}");
     Ok(())
 }
@@ -184,35 +176,19 @@ async fn redis(args: &Args) -> Result<()> {
     limiter
         .check(&Descriptor::policy("bench-key", 1, "bench"))
         .await?;
-    let count = Arc::new(AtomicU64::new(0));
-    let errors = Arc::new(AtomicU64::new(0));
-    let deadline = Instant::now() + Duration::from_secs_f64(args.seconds);
-    let start = Instant::now();
-    let mut tasks = Vec::new();
-    for _ in 0..args.concurrency {
-        let (limiter, count, errors) = (limiter.clone(), count.clone(), errors.clone());
-        tasks.push(tokio::spawn(async move {
-            while Instant::now() < deadline {
-                let d = limiter
-                    .check(&Descriptor::policy("bench-key", 1, "bench"))
-                    .await?;
-                let counter = if d.allowed { &count } else { &errors };
-                counter.fetch_add(1, Ordering::Relaxed);
-            }
-            anyhow::Ok(())
-        }));
-    }
-    for task in tasks {
-        task.await??;
-    }
-    let rate = count.load(Ordering::Relaxed) as f64 / start.elapsed().as_secs_f64();
-    // A denial here means Redis gave no answer (fail_closed), which would
-    // flatter the rate: refuse to report it.
-    anyhow::ensure!(
-        errors.load(Ordering::Relaxed) == 0,
-        "{} decisions failed",
-        errors.load(Ordering::Relaxed)
-    );
+    let workers = (0..args.concurrency).map(|_| limiter.clone()).collect();
+    let rate = common::closed_loop(args.seconds, workers, |limiter| {
+        Box::pin(async move {
+            let d = limiter
+                .check(&Descriptor::policy("bench-key", 1, "bench"))
+                .await?;
+            // A denial here means Redis gave no answer (fail_closed), which would
+            // flatter the rate: refuse to report it.
+            anyhow::ensure!(d.allowed, "a decision failed: Redis gave no answer");
+            Ok(())
+        })
+    })
+    .await?;
     let redis = limiter.redis().context("redis backend")?;
     let call = redis.script_call(&[RedisItem {
         namespace: "bench",

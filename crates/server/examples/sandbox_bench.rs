@@ -143,30 +143,25 @@ async fn latency(args: &Args) -> Result<Vec<Duration>> {
 }
 
 async fn rate(args: &Args) -> Result<f64> {
-    let count = Arc::new(AtomicU64::new(0));
-    let deadline = Instant::now() + Duration::from_secs_f64(args.seconds);
-    let start = Instant::now();
     match args.kind.as_str() {
         "grpc" => {
             let channel = channel(args).await?;
-            let mut tasks = Vec::new();
-            for _ in 0..args.concurrency {
-                let mut client = SandboxClient::new(channel.clone());
-                let count = count.clone();
-                tasks.push(tokio::spawn(async move {
-                    while Instant::now() < deadline {
-                        let response = client.run(true_request()).await?.into_inner();
-                        ensure!(response.exit_code == 0, "grpc run failed");
-                        count.fetch_add(1, Ordering::Relaxed);
-                    }
-                    anyhow::Ok(())
-                }));
-            }
-            for task in tasks {
-                task.await??;
-            }
+            let clients = (0..args.concurrency)
+                .map(|_| SandboxClient::new(channel.clone()))
+                .collect();
+            common::closed_loop(args.seconds, clients, |client| {
+                Box::pin(async move {
+                    let response = client.run(true_request()).await?.into_inner();
+                    ensure!(response.exit_code == 0, "grpc run failed");
+                    Ok(())
+                })
+            })
+            .await
         }
         "bare" => {
+            let count = Arc::new(AtomicU64::new(0));
+            let deadline = Instant::now() + Duration::from_secs_f64(args.seconds);
+            let start = Instant::now();
             let threads: Vec<_> = (0..args.concurrency)
                 .map(|_| {
                     let count = count.clone();
@@ -184,10 +179,10 @@ async fn rate(args: &Args) -> Result<f64> {
                     .join()
                     .map_err(|_| anyhow::anyhow!("spawn thread panicked"))??;
             }
+            Ok(count.load(Ordering::Relaxed) as f64 / start.elapsed().as_secs_f64())
         }
         other => bail!("rate does not support kind {other}"),
     }
-    Ok(count.load(Ordering::Relaxed) as f64 / start.elapsed().as_secs_f64())
 }
 
 fn percentile(sorted: &[Duration], p: f64) -> f64 {

@@ -103,6 +103,20 @@ fn process_alive(pid: i32) -> bool {
     unsafe { libc::kill(pid, 0) == 0 }
 }
 
+/// Fails unless the process whose pid is in `pidfile` is gone within three seconds.
+async fn assert_dies(pidfile: &Path, what: &str) {
+    let pid: i32 = std::fs::read_to_string(pidfile)
+        .expect("pid file")
+        .trim()
+        .parse()
+        .expect("pid");
+    let deadline = Instant::now() + Duration::from_secs(3);
+    while process_alive(pid) && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(!process_alive(pid), "{what} {pid} survived");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sandbox_exec_gets_the_profile_its_parameters_and_the_command() {
     let f = Fixture::new();
@@ -221,16 +235,7 @@ async fn timeout_kills_the_whole_tree() {
         out.violations
     );
     assert!(started.elapsed() < Duration::from_secs(5));
-    let pid: i32 = std::fs::read_to_string(&pidfile)
-        .expect("pid file")
-        .trim()
-        .parse()
-        .expect("pid");
-    let deadline = Instant::now() + Duration::from_secs(3);
-    while process_alive(pid) && Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    assert!(!process_alive(pid), "background process {pid} survived");
+    assert_dies(&pidfile, "background process").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -243,16 +248,7 @@ async fn exit_of_the_main_child_kills_its_background_processes() {
     assert_eq!(out.exit_code, Some(0));
     assert!(!out.timed_out);
     assert!(started.elapsed() < Duration::from_secs(5));
-    let pid: i32 = std::fs::read_to_string(&pidfile)
-        .expect("pid file")
-        .trim()
-        .parse()
-        .expect("pid");
-    let deadline = Instant::now() + Duration::from_secs(3);
-    while process_alive(pid) && Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    assert!(!process_alive(pid), "background process {pid} survived");
+    assert_dies(&pidfile, "background process").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -266,16 +262,7 @@ async fn dropping_the_run_kills_it() {
     );
     let cancelled = tokio::time::timeout(Duration::from_millis(700), future).await;
     assert!(cancelled.is_err(), "the run was still going");
-    let pid: i32 = std::fs::read_to_string(&pidfile)
-        .expect("pid file")
-        .trim()
-        .parse()
-        .expect("pid");
-    let deadline = Instant::now() + Duration::from_secs(3);
-    while process_alive(pid) && Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    assert!(!process_alive(pid), "cancelled run {pid} survived");
+    assert_dies(&pidfile, "cancelled run").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

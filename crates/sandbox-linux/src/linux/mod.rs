@@ -20,7 +20,7 @@ use sandbox_core::supervise::{
 };
 use sandbox_core::{
     Capabilities, Containment, EnforcementReport, LandlockStatus, NetworkPolicy, RunError,
-    RunFuture, RunOptions, RunOutcome, RunRequest, Sandbox, Technology, Usage,
+    RunFuture, RunOptions, RunOutcome, RunRequest, Sandbox, Technology,
 };
 use tokio::io::unix::AsyncFd;
 
@@ -403,21 +403,7 @@ impl Inner {
         violations.extend(control.violations());
         drop(control);
         drop(work);
-        Ok(RunOutcome {
-            exit_code: supervised.exit.exit_code,
-            signal: supervised.exit.signal,
-            timed_out: supervised.timed_out,
-            stdout: supervised.stdout,
-            stderr: supervised.stderr,
-            usage: Usage {
-                user_cpu_us: supervised.exit.user_cpu_us,
-                sys_cpu_us: supervised.exit.sys_cpu_us,
-                max_rss_bytes: supervised.exit.max_rss_bytes,
-                wall_us: supervised.wall_us,
-            },
-            enforcement: report,
-            violations,
-        })
+        Ok(supervised.into_outcome(report, violations))
     }
 }
 
