@@ -33,7 +33,7 @@ enum Chore {
 
 /// The janitor's queue and the directories it has made ready.
 struct Janitor {
-    chores: Mutex<mpsc::Sender<Chore>>,
+    chores: mpsc::Sender<Chore>,
     ready: Mutex<HashMap<Place, Vec<PathBuf>>>,
 }
 
@@ -55,7 +55,7 @@ fn janitor() -> Option<&'static Janitor> {
                 })
                 .ok()?;
             Some(Janitor {
-                chores: Mutex::new(sender),
+                chores: sender,
                 ready: Mutex::default(),
             })
         })
@@ -64,11 +64,7 @@ fn janitor() -> Option<&'static Janitor> {
 
 impl Janitor {
     fn send(&self, chore: Chore) -> Result<(), Chore> {
-        self.chores
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .send(chore)
-            .map_err(|e| e.0)
+        self.chores.send(chore).map_err(|e| e.0)
     }
 
     fn take_ready(&self, place: &Place) -> Option<PathBuf> {

@@ -18,7 +18,7 @@ use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read};
 use std::os::fd::{AsFd, BorrowedFd};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -98,6 +98,7 @@ impl CgroupRoot {
                 v2: self.v2,
                 refused_before: 0,
                 pool: Some(Arc::clone(&self.pool)),
+                emptied: AtomicBool::new(false),
             };
             cgroup.refused_before = cgroup.refused_forks();
             fs::write(cgroup.dir.join("pids.max"), max_processes.to_string())?;
@@ -115,6 +116,7 @@ impl CgroupRoot {
             v2: self.v2,
             refused_before: 0,
             pool: None,
+            emptied: AtomicBool::new(false),
         };
         fs::write(cgroup.dir.join("pids.max"), max_processes.to_string())?;
         cgroup.procs = Some(
@@ -188,6 +190,9 @@ pub(crate) struct RunCgroup {
     refused_before: u64,
     /// Where the cgroup goes back when it is empty; `None` until it is fully set up.
     pool: Option<Arc<Mutex<Vec<Idle>>>>,
+    /// A kill found the cgroup empty. Only a process inside can add one (by forking), so an
+    /// empty run cgroup stays empty and is not read again.
+    emptied: AtomicBool,
 }
 
 impl RunCgroup {
@@ -198,10 +203,15 @@ impl RunCgroup {
 
     /// Kills every process of the run; true when the cgroup is empty afterwards.
     pub(crate) fn kill_all(&self) -> bool {
+        if self.emptied.load(Ordering::Relaxed) {
+            return true;
+        }
         if self.v2 {
             let _ = fs::write(self.dir.join("cgroup.kill"), "1");
         }
-        kill_listed(&self.dir)
+        let empty = kill_listed(&self.dir);
+        self.emptied.store(empty, Ordering::Relaxed);
+        empty
     }
 
     /// How many forks `pids.max` refused during this run.

@@ -35,7 +35,7 @@
 //! Fork safety: the server is multi-threaded, so between `clone` and `execve` the child may
 //! only make async-signal-safe calls. Everything that allocates is done before the clone, in
 //! [`ChildPlan`]: C strings for the program, argv, envp and cwd and their pointer arrays, the
-//! rlimit table, the `sock_fprog` headers of the already compiled seccomp programs, the
+//! rlimit table, the `sock_fprog` header of the already compiled process group lock filter, the
 //! Landlock ruleset descriptor, the cgroup descriptor. The plan owns every descriptor it
 //! names, so a caller that gives up waiting (a cancelled run) cannot close one under the
 //! child; the spawner kills and reaps a child nobody waits for. The child then runs only raw
@@ -123,10 +123,10 @@ struct ChildPlan {
     no_new_privs: bool,
     cgroup_procs: RawFd,
     landlock: RawFd,
-    /// Filters the child installs itself (only the process group lock); the variant's main
-    /// filter comes with the spawner thread.
-    fprogs: Vec<libc::sock_fprog>,
-    _programs: Option<Arc<Program>>,
+    /// The process group lock the child installs itself when there is no cgroup; the
+    /// variant's main filter comes with the spawner thread.
+    lock_filter: Option<libc::sock_fprog>,
+    _lock_program: Option<Arc<Program>>,
     parent_pid: libc::pid_t,
     stdin: RawFd,
     stdout: RawFd,
@@ -139,7 +139,7 @@ struct ChildPlan {
 }
 
 // SAFETY: the raw pointers point into heap buffers the plan itself owns (`_argv`, `_env`,
-// `_programs`), which do not move when the plan does; nothing else refers to them.
+// `_lock_program`), which do not move when the plan does; nothing else refers to them.
 unsafe impl Send for ChildPlan {}
 
 /// The parent's ends of the child's pipes.
@@ -252,13 +252,10 @@ pub(crate) async fn spawn(spec: &SpawnSpec<'_>) -> Result<Spawned, RunError> {
             what: "compiling the seccomp filter",
             source: io::Error::other(e),
         })?;
-    let fprogs = lock
-        .iter()
-        .map(|p| libc::sock_fprog {
-            len: u16::try_from(p.len()).unwrap_or(u16::MAX),
-            filter: p.as_ptr().cast_mut(),
-        })
-        .collect();
+    let lock_filter = lock.as_ref().map(|p| libc::sock_fprog {
+        len: u16::try_from(p.len()).unwrap_or(u16::MAX),
+        filter: p.as_ptr().cast_mut(),
+    });
     let dup = |fd: Option<BorrowedFd<'_>>| {
         fd.map(|fd| fd.try_clone_to_owned())
             .transpose()
@@ -297,8 +294,8 @@ pub(crate) async fn spawn(spec: &SpawnSpec<'_>) -> Result<Spawned, RunError> {
         no_new_privs: spec.no_new_privs,
         cgroup_procs: cgroup_procs.as_ref().map_or(-1, |fd| fd.as_raw_fd()),
         landlock: landlock.as_ref().map_or(-1, |fd| fd.as_raw_fd()),
-        fprogs,
-        _programs: lock,
+        lock_filter,
+        _lock_program: lock,
         // SAFETY: getpid has no preconditions.
         parent_pid: unsafe { libc::getpid() },
         stdin: stdin_r.as_raw_fd(),
@@ -353,10 +350,6 @@ struct ThreadSetup {
 /// The spawner pools, one per [`ThreadSetup`], started on first use.
 fn submit(setup: ThreadSetup, job: Job) -> Result<(), RunError> {
     static POOLS: OnceLock<Mutex<HashMap<ThreadSetup, mpsc::Sender<Job>>>> = OnceLock::new();
-    let gone = || RunError::Io {
-        what: "starting a spawner thread",
-        source: io::Error::other("the spawner threads are gone"),
-    };
     let sender = {
         let mut pools = POOLS
             .get_or_init(Default::default)
@@ -374,7 +367,10 @@ fn submit(setup: ThreadSetup, job: Job) -> Result<(), RunError> {
             }
         }
     };
-    sender.send(job).map_err(|_| gone())
+    sender.send(job).map_err(|_| RunError::Io {
+        what: "handing the child to a spawner thread",
+        source: io::Error::other("the spawner threads are gone"),
+    })
 }
 
 /// Starts the spawner threads of one setup: one per CPU, since each is busy only while a
@@ -678,16 +674,15 @@ unsafe fn child(plan: &ChildPlan) -> ! {
         {
             fail(plan, 12);
         }
-        for fprog in &plan.fprogs {
-            if libc::syscall(
+        if let Some(fprog) = &plan.lock_filter
+            && libc::syscall(
                 libc::SYS_seccomp,
                 libc::SECCOMP_SET_MODE_FILTER,
                 0u32,
                 fprog as *const libc::sock_fprog,
             ) != 0
-            {
-                fail(plan, 13);
-            }
+        {
+            fail(plan, 13);
         }
         libc::execve(
             plan.program.as_ptr(),
