@@ -8,7 +8,7 @@ use audit::{AuditLog, Config, Durability, Entry, Kind, verify_dir};
 
 fn entry(n: u64) -> Entry {
     Entry {
-        time_unix_ms: 1_700_000_000_000 + (n as i64),
+        time_unix_ms: now_unix_ms(),
         identity: format!("spiffe://cordon/agent-{}", n % 16),
         auth_method: "mtls".to_owned(),
         method: "/cordon.sandbox.v1.Sandbox/Exec".to_owned(),
@@ -28,6 +28,15 @@ fn entry(n: u64) -> Entry {
         trust_level: "standard".to_owned(),
         kind: Kind::Rpc,
     }
+}
+
+/// The server stamps each record with the call's start time, so a log's times rise with its seqs
+/// (give or take the calls in flight); the benchmark's records do the same.
+fn now_unix_ms() -> i64 {
+    let since_epoch = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock after 1970");
+    i64::try_from(since_epoch.as_millis()).expect("time fits i64")
 }
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]

@@ -508,7 +508,7 @@ impl Writer {
             record_count: head_seq - first_seq + 1,
             last_hash: head_hash,
         };
-        segment::insert_seal(&active.conn, &active.path, &seal)?;
+        segment::insert_seal(&mut active.conn, &active.path, &seal)?;
         let Active { conn, path, header } = self.active.take().unwrap_or_else(|| unreachable!());
         finish_sealed(conn, &path)?;
         self.ensure_active()?;

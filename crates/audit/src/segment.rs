@@ -4,7 +4,8 @@
 //! A segment holds three tables: `segment` (one row: its number, first seq and genesis prev_hash),
 //! `records` (the chain) and `seal` (empty while the segment is active; one row once sealed, with
 //! the last seq, the record count and the last hash). Triggers refuse every UPDATE and DELETE, and
-//! any INSERT into `records` once the seal row exists.
+//! the seal adds one that refuses any INSERT into `records`: created with the seal row rather than
+//! with the schema, it costs the active segment's appends nothing.
 
 use std::fs;
 use std::io;
@@ -65,9 +66,6 @@ CREATE TRIGGER records_no_update BEFORE UPDATE ON records
     BEGIN SELECT RAISE(ABORT, 'audit records are append-only'); END;
 CREATE TRIGGER records_no_delete BEFORE DELETE ON records
     BEGIN SELECT RAISE(ABORT, 'audit records are append-only'); END;
-CREATE TRIGGER records_no_insert_after_seal BEFORE INSERT ON records
-    WHEN EXISTS (SELECT 1 FROM seal)
-    BEGIN SELECT RAISE(ABORT, 'audit segment is sealed'); END;
 CREATE TRIGGER segment_no_update BEFORE UPDATE ON segment
     BEGIN SELECT RAISE(ABORT, 'audit segment header is immutable'); END;
 CREATE TRIGGER segment_no_delete BEFORE DELETE ON segment
@@ -284,15 +282,23 @@ pub(crate) fn read_seal(conn: &Connection, path: &Path) -> Result<Option<SealRow
     }))
 }
 
+/// Refuses appends to a sealed segment. `IF NOT EXISTS` because segments written before the
+/// trigger moved here carry a conditional one of the same name, which refuses the same inserts.
+const SEALED_REFUSES_INSERTS: &str = "CREATE TRIGGER IF NOT EXISTS records_no_insert_after_seal \
+     BEFORE INSERT ON records BEGIN SELECT RAISE(ABORT, 'audit segment is sealed'); END";
+
+/// Writes the seal row and the trigger that refuses later appends, in one transaction, so no
+/// sealed segment lacks the trigger.
 pub(crate) fn insert_seal(
-    conn: &Connection,
+    conn: &mut Connection,
     path: &Path,
     seal: &SealRow,
 ) -> Result<(), StoreError> {
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX));
-    conn.execute(
+    let tx = conn.transaction().at(path)?;
+    tx.execute(
         "INSERT INTO seal (id, last_seq, record_count, last_hash, sealed_at_unix_ms) \
          VALUES (1, ?1, ?2, ?3, ?4)",
         rusqlite::params![
@@ -303,6 +309,8 @@ pub(crate) fn insert_seal(
         ],
     )
     .at(path)?;
+    tx.execute(SEALED_REFUSES_INSERTS, []).at(path)?;
+    tx.commit().at(path)?;
     Ok(())
 }
 
