@@ -73,27 +73,42 @@ pub(super) fn run(root: &Path) -> Result<()> {
         Some(("governor keyed check_key", governor)),
     );
 
-    let server = BenchServer::start(&release, CONFIG)?;
-    let certs = server.certs();
-    let certs = certs.to_str().context("certificate path is not UTF-8")?;
-    let mut rpcs = Vec::new();
-    for _ in 0..ROUNDS {
-        let values = bench(&[
-            "check",
-            "--addr",
-            &server.addr,
-            "--certs",
-            certs,
-            "--seconds",
-            "2",
-            "--concurrency",
-            CONCURRENCY,
-        ])?;
-        rpcs.push(number(&values, "rate")?);
+    // The default server records every call in the durable audit log before answering it; the
+    // second, with the log off, shows how much of the figure the audit takes.
+    let servers = [
+        BenchServer::start(&release, CONFIG)?,
+        BenchServer::start(&release, &format!("{CONFIG}[audit]\nenabled = false\n"))?,
+    ];
+    let mut rpcs = [Vec::new(), Vec::new()];
+    for round in 0..ROUNDS {
+        for offset in 0..servers.len() {
+            let index = (round + offset) % servers.len();
+            let server = &servers[index];
+            let certs = server.certs();
+            let certs = certs.to_str().context("certificate path is not UTF-8")?;
+            let values = bench(&[
+                "check",
+                "--addr",
+                &server.addr,
+                "--certs",
+                certs,
+                "--seconds",
+                "2",
+                "--concurrency",
+                CONCURRENCY,
+            ])?;
+            rpcs[index].push(number(&values, "rate")?);
+        }
     }
-    drop(server);
+    drop(servers);
+    let [audited, unaudited] = rpcs.map(median);
     println!("Check over mTLS, one connection, 64 concurrent streams (target >= 25000/s)");
-    print_row("RateLimit/Check", median(rpcs), "calls/s", None);
+    print_row(
+        "RateLimit/Check (default: durable audit)",
+        audited,
+        "calls/s",
+        Some(("without the audit log", unaudited)),
+    );
 
     let port = free_port()?;
     let redis = RedisServer::start(port)?;

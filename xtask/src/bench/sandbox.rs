@@ -12,6 +12,10 @@ use anyhow::{Context, Result, bail};
 use super::{BenchServer, ROUNDS, build_release, median, print_row};
 use crate::tools::ensure_apt_program;
 
+/// A pause after the server's busy rounds, long enough for it to remove the runs' cgroups
+/// and work directories.
+const SETTLE: std::time::Duration = std::time::Duration::from_secs(1);
+
 /// Runs per latency round.
 const COUNT: &str = "200";
 
@@ -36,9 +40,11 @@ pub(super) fn run(root: &Path) -> Result<()> {
     let mut medians = vec![Vec::new(); kinds.len()];
     let mut p99s = vec![Vec::new(); kinds.len()];
     let mut latency_rounds = |range: std::ops::Range<usize>| -> Result<()> {
-        // Interleaved rounds, so that a noisy moment hurts every kind alike.
-        for _ in 0..ROUNDS {
-            for i in range.clone() {
+        // Interleaved rounds, so that a noisy moment hurts every kind alike, in an order that
+        // rotates, so that no kind always follows the same other.
+        for round in 0..ROUNDS {
+            for offset in 0..range.len() {
+                let i = range.start + (round + offset) % range.len();
                 let mut args = vec!["latency", "--kind", kinds[i], "--count", COUNT];
                 args.extend(remote);
                 let line = bench(&release, &args)?;
@@ -48,9 +54,13 @@ pub(super) fn run(root: &Path) -> Result<()> {
         }
         Ok(())
     };
-    // bwrap and firejail go last: every run of theirs leaves namespaces that the kernel
-    // tears down in the background for a while, which would slow whatever runs next.
-    latency_rounds(0..3)?;
+    // Whatever runs before a kind can slow it: the server tears down the cgroups and work
+    // directories of the gRPC runs for a while after them, and the kernel the namespaces of
+    // bwrap and firejail. A slowdown added to both sides of a ratio flatters it, so the bare
+    // spawn and the library, the pair of the target, are measured together first, with
+    // nothing but each other around them.
+    latency_rounds(0..2)?;
+    latency_rounds(2..3)?;
     let mut rates = [Vec::new(), Vec::new()];
     for _ in 0..ROUNDS {
         for (i, kind) in ["bare", "grpc"].iter().enumerate() {
@@ -65,6 +75,10 @@ pub(super) fn run(root: &Path) -> Result<()> {
             ];
             args.extend(remote);
             rates[i].push(value(&bench(&release, &args)?, "rate")?);
+            if *kind == "grpc" {
+                // Let the server finish tearing down before the bare spawns are timed.
+                std::thread::sleep(SETTLE);
+            }
         }
     }
     latency_rounds(3..5)?;

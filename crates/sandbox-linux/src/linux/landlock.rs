@@ -16,13 +16,13 @@
 use std::fs::{File, OpenOptions};
 use std::os::fd::OwnedFd;
 use std::os::unix::fs::OpenOptionsExt;
-use std::path::Path;
-use std::sync::{Arc, Mutex};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use landlock::{
     ABI, Access, AccessFs, AccessNet, BitFlags, CompatLevel, Compatible, NetPort, PathBeneath,
-    Ruleset, RulesetAttr, RulesetCreatedAttr, Scope,
+    Ruleset, RulesetAttr, RulesetCreated, RulesetCreatedAttr, Scope,
 };
 use sandbox_core::{LandlockStatus, NetworkPolicy, Policy, RunError};
 
@@ -105,11 +105,22 @@ fn system_grants(kernel_abi: u32) -> Arc<SystemGrants> {
     let abi = ABI::from(i32::try_from(kernel_abi).unwrap_or(i32::MAX));
     let read = AccessFs::from_read(abi);
     let all = AccessFs::from_all(abi);
-    let grants = profile::SYSTEM_READ_PATHS
+    let wanted: Vec<Wanted> = profile::SYSTEM_READ_PATHS
         .iter()
         .map(|p| (p, read))
         .chain(profile::SYSTEM_WRITE_PATHS.iter().map(|p| (p, all)))
-        .filter_map(|(path, access)| open_grant(Path::new(path), access, abi).ok())
+        .filter_map(|(path, access)| {
+            let path = std::fs::canonicalize(path).ok()?;
+            let is_dir = path.is_dir();
+            Some(Wanted {
+                path,
+                access,
+                is_dir,
+            })
+        })
+        .collect();
+    let grants = without_covered(&wanted)
+        .filter_map(|(path, access)| open_grant(path, access, abi).ok())
         .collect();
     let fresh = Arc::new(SystemGrants {
         opened: Instant::now(),
@@ -118,6 +129,147 @@ fn system_grants(kernel_abi: u32) -> Arc<SystemGrants> {
     });
     *CACHE.lock().unwrap_or_else(|e| e.into_inner()) = Some(Arc::clone(&fresh));
     fresh
+}
+
+/// The paths of `wanted` (canonical, with their access) that another entry does not already
+/// cover: a rule on a directory grants its access to everything beneath it, so `/bin` (a link
+/// to `/usr/bin` on a merged-`/usr` host) or `/usr/share/zoneinfo` next to `/usr` would only
+/// add rules that change nothing. Of equal paths with equal access the first stays.
+fn without_covered(wanted: &[Wanted]) -> impl Iterator<Item = (&Path, BitFlags<AccessFs>)> {
+    wanted.iter().enumerate().filter_map(|(i, w)| {
+        let covered = wanted.iter().enumerate().any(|(j, other)| {
+            j != i
+                && other.access.contains(w.access)
+                && if w.path == other.path {
+                    other.access != w.access || j < i
+                } else {
+                    other.is_dir && w.path.starts_with(&other.path)
+                }
+        });
+        (!covered).then_some((w.path.as_path(), w.access))
+    })
+}
+
+/// A system path to grant, resolved to its canonical form.
+struct Wanted {
+    path: PathBuf,
+    access: BitFlags<AccessFs>,
+    is_dir: bool,
+}
+
+/// A ruleset with every right of `kernel_abi` handled and no rule yet: everything denied.
+fn empty_ruleset(kernel_abi: u32) -> Result<RulesetCreated, RunError> {
+    let abi = ABI::from(i32::try_from(kernel_abi).unwrap_or(i32::MAX));
+    let mut ruleset = Ruleset::default()
+        .set_compatibility(CompatLevel::HardRequirement)
+        .handle_access(AccessFs::from_all(abi))
+        .map_err(setup_error)?;
+    if kernel_abi >= ABI_NET {
+        ruleset = ruleset
+            .handle_access(AccessNet::from_all(abi))
+            .map_err(setup_error)?;
+    }
+    if kernel_abi >= ABI_SCOPE {
+        ruleset = ruleset
+            .scope(Scope::AbstractUnixSocket | Scope::Signal)
+            .map_err(setup_error)?;
+    }
+    ruleset.create().map_err(setup_error)
+}
+
+/// An empty ruleset plus the system grants, and when their descriptors were opened.
+fn with_system_grants(kernel_abi: u32) -> Result<(RulesetCreated, Instant), RunError> {
+    let system = system_grants(kernel_abi);
+    let mut created = empty_ruleset(kernel_abi)?;
+    for (file, access) in &system.grants {
+        created = created
+            .add_rule(PathBeneath::new(file, *access))
+            .map_err(setup_error)?;
+    }
+    Ok((created, system.opened))
+}
+
+/// Rulesets holding the system grants that the filler thread keeps ready.
+const PREPARED_READY: usize = 2;
+
+/// A ruleset with the system grants, made ahead of the run that takes it.
+struct Prepared {
+    ruleset: RulesetCreated,
+    /// When its system descriptors were opened; it expires with them.
+    opened: Instant,
+    abi: u32,
+}
+
+/// The ready rulesets, and the filler thread's wake-up (`None` if it could not start).
+struct PreparedPool {
+    ready: Mutex<Vec<Prepared>>,
+    wake: Option<Mutex<std::sync::mpsc::Sender<u32>>>,
+}
+
+fn prepared_pool() -> &'static PreparedPool {
+    static POOL: OnceLock<PreparedPool> = OnceLock::new();
+    POOL.get_or_init(|| {
+        let (wake, requests) = std::sync::mpsc::channel::<u32>();
+        let started = std::thread::Builder::new()
+            .name("cordon-landlock-prep".to_owned())
+            .spawn(move || {
+                while let Ok(mut abi) = requests.recv() {
+                    // Requests that queued up meanwhile ask for the same thing.
+                    while let Ok(newer) = requests.try_recv() {
+                        abi = newer;
+                    }
+                    fill(abi);
+                }
+            });
+        PreparedPool {
+            ready: Mutex::new(Vec::new()),
+            wake: started.is_ok().then(|| Mutex::new(wake)),
+        }
+    })
+}
+
+impl PreparedPool {
+    fn ready(&self) -> std::sync::MutexGuard<'_, Vec<Prepared>> {
+        self.ready.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// Takes a ready ruleset with the system grants of `kernel_abi` and asks the filler thread for
+/// another. Creating a ruleset and adding its system rules was a sixth of a sandboxed run of
+/// `/bin/true`; made ahead, on a thread that is otherwise idle, it leaves the run's path.
+/// `None` when none is ready (a burst of runs, or the first run after an idle second): the
+/// caller builds one itself, with the same rules.
+fn take_prepared(kernel_abi: u32) -> Option<RulesetCreated> {
+    let pool = prepared_pool();
+    let taken = {
+        let mut ready = pool.ready();
+        ready.retain(|p| p.abi == kernel_abi && p.opened.elapsed() < SYSTEM_REFRESH);
+        ready.pop()
+    };
+    if let Some(wake) = &pool.wake {
+        // A filler that has stopped leaves every run to build its own ruleset.
+        let _ = wake
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .send(kernel_abi);
+    }
+    taken.map(|p| p.ruleset)
+}
+
+/// Tops the pool up to [`PREPARED_READY`] rulesets for `kernel_abi`.
+fn fill(kernel_abi: u32) {
+    let pool = prepared_pool();
+    while pool.ready().len() < PREPARED_READY {
+        let Ok((ruleset, opened)) = with_system_grants(kernel_abi) else {
+            // The run that builds its own ruleset reports the error.
+            return;
+        };
+        pool.ready().push(Prepared {
+            ruleset,
+            opened,
+            abi: kernel_abi,
+        });
+    }
 }
 
 /// Builds the ruleset for `policy` plus the run's work directory.
@@ -143,25 +295,15 @@ pub(crate) fn build(policy: &Policy, work_dir: &Path, kernel_abi: u32) -> Result
         grants.push(requested(p, all)?);
     }
     grants.push(requested(work_dir, all)?);
-    let system = policy.system_paths().then(|| system_grants(kernel_abi));
-
-    let mut ruleset = Ruleset::default()
-        .set_compatibility(CompatLevel::HardRequirement)
-        .handle_access(all)
-        .map_err(setup_error)?;
-    if network_ports {
-        ruleset = ruleset
-            .handle_access(AccessNet::from_all(abi))
-            .map_err(setup_error)?;
-    }
-    if ipc_scoping {
-        ruleset = ruleset
-            .scope(Scope::AbstractUnixSocket | Scope::Signal)
-            .map_err(setup_error)?;
-    }
-    let mut created = ruleset.create().map_err(setup_error)?;
-    let system_grants = system.iter().flat_map(|s| s.grants.iter());
-    for (file, access) in system_grants.chain(grants.iter()) {
+    let mut created = if policy.system_paths() {
+        match take_prepared(kernel_abi) {
+            Some(prepared) => prepared,
+            None => with_system_grants(kernel_abi)?.0,
+        }
+    } else {
+        empty_ruleset(kernel_abi)?
+    };
+    for (file, access) in &grants {
         created = created
             .add_rule(PathBeneath::new(file, *access))
             .map_err(setup_error)?;
@@ -200,4 +342,51 @@ pub(crate) fn build(policy: &Policy, work_dir: &Path, kernel_abi: u32) -> Result
         network_ports,
         ipc_scoping,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn wanted(path: &str, access: BitFlags<AccessFs>, is_dir: bool) -> Wanted {
+        Wanted {
+            path: PathBuf::from(path),
+            access,
+            is_dir,
+        }
+    }
+
+    #[test]
+    fn a_path_beneath_a_granted_directory_adds_no_rule() {
+        let read = AccessFs::from_read(ABI::V5);
+        let all = AccessFs::from_all(ABI::V5);
+        let list = [
+            wanted("/usr", read, true),
+            wanted("/usr/bin", read, true),
+            wanted("/usr/share/zoneinfo", read, true),
+            wanted("/usr", read, true),
+            wanted("/etc/ld.so.cache", read, false),
+            wanted("/etc/ld.so.cache/x", read, false),
+            wanted("/usrlocal", read, true),
+            wanted("/dev/null", all, false),
+            wanted("/dev/null", read, false),
+            wanted("/var/lib", all, true),
+            wanted("/var", read, true),
+        ];
+        let kept: Vec<(&Path, BitFlags<AccessFs>)> = without_covered(&list).collect();
+        assert_eq!(
+            kept,
+            vec![
+                (Path::new("/usr"), read),
+                (Path::new("/etc/ld.so.cache"), read),
+                // A file covers nothing beneath it, and a sibling sharing a prefix is not beneath.
+                (Path::new("/etc/ld.so.cache/x"), read),
+                (Path::new("/usrlocal"), read),
+                (Path::new("/dev/null"), all),
+                // Wider access than the enclosing directory's must stay.
+                (Path::new("/var/lib"), all),
+                (Path::new("/var"), read),
+            ]
+        );
+    }
 }

@@ -162,3 +162,59 @@ fn the_servers_environment_is_unreachable_through_proc() {
         "own environ stays readable: {text}"
     );
 }
+
+#[test]
+fn a_run_cannot_reach_the_work_directory_of_another_live_run() {
+    // Both runs have the same uid, so only the second run's ruleset stands between it and the
+    // first run's files: a ruleset reused across runs, or one made ahead that still held an
+    // earlier grant, would let it through.
+    let shared = open_dir();
+    let home_file = shared.path().join("home");
+    let spec = PolicySpec {
+        write_paths: vec![shared.path().display().to_string()],
+        ..PolicySpec::default()
+    };
+    let first = {
+        let policy = policy(spec.clone());
+        let home_file = home_file.display().to_string();
+        std::thread::spawn(move || {
+            python(
+                policy,
+                &format!(
+                    "import os, time\nopen('secret.txt', 'w').write('mine')\n\
+                     open({home_file:?} + '.tmp', 'w').write(os.environ['HOME'])\n\
+                     os.rename({home_file:?} + '.tmp', {home_file:?})\ntime.sleep(2)"
+                ),
+            )
+        })
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while !home_file.exists() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the first run never started"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    let other_home = std::fs::read_to_string(&home_file).unwrap();
+    let out = attack(
+        policy(spec),
+        &format!(
+            "p = {other_home:?}\nattempt(lambda: open(p + '/secret.txt').read())\n\
+             attempt(lambda: os.listdir(p))\nattempt(lambda: open(p + '/planted', 'w'))\n\
+             attempt(lambda: open(os.environ['HOME'] + '/mine.txt', 'w').write('x'))"
+        ),
+    );
+    let planted = std::path::Path::new(&other_home).join("planted").exists();
+    let first = first.join().unwrap();
+    assert_eq!(first.exit_code, Some(0), "{}", stderr(&first));
+    if fs_enforced(&out) {
+        assert_eq!(
+            stdout(&out),
+            "DENIED EACCES\nDENIED EACCES\nDENIED EACCES\nALLOWED\n",
+            "{}",
+            stderr(&out)
+        );
+        assert!(!planted);
+    }
+}
