@@ -213,6 +213,13 @@ fn prepared_pool() -> &'static PreparedPool {
         let started = std::thread::Builder::new()
             .name("cordon-landlock-prep".to_owned())
             .spawn(move || {
+                // Under load the runs build their own rulesets and this thread would only
+                // compete with them; SCHED_IDLE runs it only on a CPU that has nothing else to
+                // do. Refused (a seccomp profile of the host, say), it stays a normal thread.
+                let idle = libc::sched_param { sched_priority: 0 };
+                // SAFETY: sched_setscheduler on pid 0 changes only the calling thread's policy
+                // and reads the parameter struct, which lives across the call.
+                let _ = unsafe { libc::sched_setscheduler(0, libc::SCHED_IDLE, &idle) };
                 while let Ok(mut abi) = requests.recv() {
                     // Requests that queued up meanwhile ask for the same thing.
                     while let Ok(newer) = requests.try_recv() {
