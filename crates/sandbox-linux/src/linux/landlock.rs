@@ -203,7 +203,7 @@ struct Prepared {
 /// The ready rulesets, and the filler thread's wake-up (`None` if it could not start).
 struct PreparedPool {
     ready: Mutex<Vec<Prepared>>,
-    wake: Option<Mutex<std::sync::mpsc::Sender<u32>>>,
+    wake: Option<std::sync::mpsc::Sender<u32>>,
 }
 
 fn prepared_pool() -> &'static PreparedPool {
@@ -230,7 +230,7 @@ fn prepared_pool() -> &'static PreparedPool {
             });
         PreparedPool {
             ready: Mutex::new(Vec::new()),
-            wake: started.is_ok().then(|| Mutex::new(wake)),
+            wake: started.is_ok().then_some(wake),
         }
     })
 }
@@ -255,10 +255,7 @@ fn take_prepared(kernel_abi: u32) -> Option<RulesetCreated> {
     };
     if let Some(wake) = &pool.wake {
         // A filler that has stopped leaves every run to build its own ruleset.
-        let _ = wake
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .send(kernel_abi);
+        let _ = wake.send(kernel_abi);
     }
     taken.map(|p| p.ruleset)
 }
