@@ -314,6 +314,7 @@ fn non_loopback_listen_requires_explicit_opt_out() {
             .arg("--data-dir")
             .arg(dir.path())
             .env("CORDON_LISTEN", "0.0.0.0:0")
+            .env("CORDON_OPS__LISTEN", "127.0.0.1:0")
             .output()
             .unwrap();
         assert!(!output.status.success());

@@ -199,6 +199,9 @@ pub(crate) fn refused_startup(dir: &Path, config: &str) -> String {
         .arg(&config_path)
         .arg("--data-dir")
         .arg(dir)
+        // The ops endpoint's default port may be taken on the host, and its error would come
+        // before the one the test expects.
+        .env("CORDON_OPS__LISTEN", "127.0.0.1:0")
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
         .spawn()

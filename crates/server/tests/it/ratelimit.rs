@@ -236,6 +236,7 @@ fn invalid_configuration_is_refused_naming_the_field() {
             .arg("--data-dir")
             .arg(dir.path())
             .args(["--listen", "127.0.0.1:0"])
+            .env("CORDON_OPS__LISTEN", "127.0.0.1:0")
             .output()
             .unwrap();
         let stderr = String::from_utf8_lossy(&output.stderr);

@@ -2,7 +2,6 @@
 //! checks, the soft fallback, start-up refusals and graceful shutdown.
 
 use std::path::Path;
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use certgen::DevBundle;
@@ -113,29 +112,8 @@ fn sigterm_lets_a_run_in_flight_finish_then_exits_zero() {
 /// `cordon serve` with `config` must exit with an error mentioning `message`.
 fn refuses_to_start(config: &str, message: &str) {
     let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("cordon.toml");
-    std::fs::write(&path, config).unwrap();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_cordon"))
-        .args(["serve", "--listen", "127.0.0.1:0", "--config"])
-        .arg(&path)
-        .arg("--data-dir")
-        .arg(dir.path())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while child.try_wait().unwrap().is_none() {
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            panic!("cordon started with {config}");
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    let output = child.wait_with_output().unwrap();
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(!output.status.success(), "{config}");
-    assert!(stderr.contains(message), "{message:?} not in {stderr}");
+    let text = harness::refused_startup(dir.path(), config);
+    assert!(text.contains(message), "{message:?} not in {text}");
 }
 
 #[test]
