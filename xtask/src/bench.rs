@@ -42,6 +42,13 @@ pub(crate) fn run(root: &Path, area: Area) -> Result<()> {
     }
 }
 
+/// The order of `len` measured kinds in round `round`: each round starts one further along, so
+/// that no kind always follows the same other (whatever one leaves behind, a server's teardown
+/// say, slows the next).
+pub(crate) fn rotation(round: usize, len: usize) -> impl Iterator<Item = usize> {
+    (0..len).map(move |offset| (round + offset) % len)
+}
+
 pub(crate) fn median(mut values: Vec<f64>) -> f64 {
     values.sort_by(f64::total_cmp);
     values[values.len() / 2]

@@ -406,8 +406,8 @@ impl Writer {
     /// appenders acknowledged by the previous commit are still being scheduled, and without the
     /// wait a commit would take only the first few of them and the rest would pay for a
     /// separate fsync. A lone command is committed at once, so an idle log adds no latency.
-    /// One wait rather than several short ones: each wait is two context switches, and
-    /// polling in 20 µs steps cost the audited server a tenth of its calls per second.
+    /// One wait rather than several short ones, because each wait is two context switches:
+    /// polling in 20 µs steps cost the audited server 3 to 13% of its calls per second.
     fn gather(&self, receiver: &mut mpsc::Receiver<Command>, commands: &mut Vec<Command>) {
         let drain = |receiver: &mut mpsc::Receiver<Command>, commands: &mut Vec<Command>| {
             while commands.len() < self.max_batch {

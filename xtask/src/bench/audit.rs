@@ -11,7 +11,7 @@ use std::process::Command;
 
 use anyhow::{Context, Result, bail};
 
-use super::{BenchServer, ROUNDS, build_release, loadgen, median, print_row};
+use super::{BenchServer, ROUNDS, build_release, loadgen, median, print_row, rotation};
 
 /// Records per append round, and the concurrent appenders writing them.
 const RECORDS: &str = "100000";
@@ -57,8 +57,7 @@ pub(super) fn run(root: &Path) -> Result<()> {
                 ],
             )
         };
-        for offset in 0..servers.len() {
-            let index = (round + offset) % servers.len();
+        for index in rotation(round, servers.len()) {
             rates[index].push(measure(&servers[index])?);
         }
     }

@@ -8,7 +8,9 @@ use std::process::{Child, Command, Stdio};
 
 use anyhow::{Context, Result, bail};
 
-use super::{BenchServer, ROUNDS, build_release, free_port, median, print_row, wait_for_port};
+use super::{
+    BenchServer, ROUNDS, build_release, free_port, median, print_row, rotation, wait_for_port,
+};
 
 /// A GCRA policy that the benchmark never exhausts, so every decision is
 /// computed in full and admitted.
@@ -81,8 +83,7 @@ pub(super) fn run(root: &Path) -> Result<()> {
     ];
     let mut rpcs = [Vec::new(), Vec::new()];
     for round in 0..ROUNDS {
-        for offset in 0..servers.len() {
-            let index = (round + offset) % servers.len();
+        for index in rotation(round, servers.len()) {
             let server = &servers[index];
             let certs = server.certs();
             let certs = certs.to_str().context("certificate path is not UTF-8")?;

@@ -9,7 +9,7 @@ use std::process::Command;
 
 use anyhow::{Context, Result, bail};
 
-use super::{BenchServer, ROUNDS, build_release, median, print_row};
+use super::{BenchServer, ROUNDS, build_release, median, print_row, rotation};
 use crate::tools::ensure_apt_program;
 
 /// A pause after the server's busy rounds, long enough for it to remove the runs' cgroups
@@ -40,11 +40,9 @@ pub(super) fn run(root: &Path) -> Result<()> {
     let mut medians = vec![Vec::new(); kinds.len()];
     let mut p99s = vec![Vec::new(); kinds.len()];
     let mut latency_rounds = |range: std::ops::Range<usize>| -> Result<()> {
-        // Interleaved rounds, so that a noisy moment hurts every kind alike, in an order that
-        // rotates, so that no kind always follows the same other.
+        // Interleaved rounds, so that a noisy moment hurts every kind alike.
         for round in 0..ROUNDS {
-            for offset in 0..range.len() {
-                let i = range.start + (round + offset) % range.len();
+            for i in rotation(round, range.len()).map(|offset| range.start + offset) {
                 let mut args = vec!["latency", "--kind", kinds[i], "--count", COUNT];
                 args.extend(remote);
                 let line = bench(&release, &args)?;

@@ -49,6 +49,11 @@ pub(crate) fn kernel_abi() -> u32 {
     u32::try_from(abi).unwrap_or(0)
 }
 
+/// The `landlock` crate's view of a kernel ABI number.
+fn abi_of(kernel_abi: u32) -> ABI {
+    ABI::from(i32::try_from(kernel_abi).unwrap_or(i32::MAX))
+}
+
 /// A ruleset ready to be enforced by the child.
 #[derive(Debug)]
 pub(crate) struct Built {
@@ -102,7 +107,7 @@ fn system_grants(kernel_abi: u32) -> Arc<SystemGrants> {
     {
         return Arc::clone(cached);
     }
-    let abi = ABI::from(i32::try_from(kernel_abi).unwrap_or(i32::MAX));
+    let abi = abi_of(kernel_abi);
     let read = AccessFs::from_read(abi);
     let all = AccessFs::from_all(abi);
     let wanted: Vec<Wanted> = profile::SYSTEM_READ_PATHS
@@ -159,7 +164,7 @@ struct Wanted {
 
 /// A ruleset with every right of `kernel_abi` handled and no rule yet: everything denied.
 fn empty_ruleset(kernel_abi: u32) -> Result<RulesetCreated, RunError> {
-    let abi = ABI::from(i32::try_from(kernel_abi).unwrap_or(i32::MAX));
+    let abi = abi_of(kernel_abi);
     let mut ruleset = Ruleset::default()
         .set_compatibility(CompatLevel::HardRequirement)
         .handle_access(AccessFs::from_all(abi))
@@ -278,7 +283,7 @@ fn fill(kernel_abi: u32) {
 
 /// Builds the ruleset for `policy` plus the run's work directory.
 pub(crate) fn build(policy: &Policy, work_dir: &Path, kernel_abi: u32) -> Result<Built, RunError> {
-    let abi = ABI::from(i32::try_from(kernel_abi).unwrap_or(i32::MAX));
+    let abi = abi_of(kernel_abi);
     let read = AccessFs::from_read(abi);
     let all = AccessFs::from_all(abi);
     let network_ports = kernel_abi >= ABI_NET;
