@@ -93,6 +93,18 @@ pub enum AppendError {
     Closed,
 }
 
+/// Failure of [`crate::AuditLog::try_append`].
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum TryAppendError {
+    /// The writer's queue is full; the entry is handed back untouched.
+    #[error("the audit queue is full")]
+    Full(Box<crate::Entry>),
+    /// The entry was refused, or the writer has stopped.
+    #[error(transparent)]
+    Append(#[from] AppendError),
+}
+
 /// Failure of [`crate::AuditLog::seal`].
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]

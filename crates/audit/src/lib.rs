@@ -42,9 +42,10 @@ mod segment;
 mod verify;
 
 pub use error::{
-    AppendError, InvalidRecord, OpenError, QueryError, SealError, StoreError, VerifyError,
+    AppendError, InvalidRecord, OpenError, QueryError, SealError, StoreError, TryAppendError,
+    VerifyError,
 };
-pub use log::{AuditLog, Config, Durability, SealedSegment, WriterStats};
+pub use log::{Appending, AuditLog, Config, Durability, SealedSegment, WriterStats};
 pub use query::{
     Count, DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE, Page, Query, RECENT_FAILURES, Stats, StatsQuery,
     TOP_N, query_dir, stats_dir,

@@ -2,16 +2,19 @@
 //! their records in groups.
 
 use std::fs;
+use std::future::Future;
 use std::path::{Path, PathBuf};
+use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
+use std::task::{Context as TaskContext, Poll};
 use std::thread::JoinHandle;
 
 use rusqlite::Connection;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::error::{
-    AppendError, Context, OpenError, QueryError, SealError, StoreError, VerifyError,
+    AppendError, Context, OpenError, QueryError, SealError, StoreError, TryAppendError, VerifyError,
 };
 use crate::query::{Page, Query, Stats, StatsQuery, query_dir, stats_dir};
 use crate::record::{Anchor, ChainHash, Entry, chain_hash};
@@ -50,16 +53,21 @@ pub struct Config {
     pub max_batch: usize,
     /// Appends waiting for the writer before `append` itself waits (back-pressure).
     pub queue_capacity: usize,
+    /// Seal the active segment and start the next one after the commit that reaches a seq that
+    /// is a multiple of this; 0 never seals on its own.
+    pub seal_every_records: u64,
 }
 
 impl Config {
-    /// Defaults: [`Durability::Full`], batches of up to 1024 records, a queue of 8192.
+    /// Defaults: [`Durability::Full`], batches of up to 1024 records, a queue of 8192, no
+    /// automatic seals.
     pub fn new(data_dir: impl Into<PathBuf>) -> Config {
         Config {
             data_dir: data_dir.into(),
             durability: Durability::Full,
             max_batch: 1024,
             queue_capacity: 8192,
+            seal_every_records: 0,
         }
     }
 }
@@ -227,6 +235,7 @@ impl AuditLog {
             dir,
             full_sync,
             max_batch: config.max_batch.max(1),
+            seal_every: config.seal_every_records,
             active: Some(Active {
                 conn,
                 path: active_path,
@@ -264,14 +273,36 @@ impl AuditLog {
     /// If the future is dropped after the entry was queued, the entry is still committed, just not
     /// acknowledged. An entry that was never acknowledged can be lost to a kill -9.
     pub async fn append(&self, entry: Entry) -> Result<u64, AppendError> {
-        entry.validate()?;
-        let (ack, done) = oneshot::channel();
+        match self.try_append(entry) {
+            Ok(appending) => appending.await,
+            Err(TryAppendError::Full(entry)) => {
+                let (ack, done) = oneshot::channel();
+                let sender = self.sender().map_err(|()| AppendError::Closed)?;
+                sender
+                    .send(Command::Append { entry: *entry, ack })
+                    .await
+                    .map_err(|_| AppendError::Closed)?;
+                Appending { done }.await
+            }
+            Err(TryAppendError::Append(error)) => Err(error),
+        }
+    }
+
+    /// Queues one record without waiting, for callers that must not yield before the record is
+    /// queued. The returned [`Appending`] resolves like [`AuditLog::append`]; dropping it does
+    /// not withdraw the record. When the queue is full the entry comes back in
+    /// [`TryAppendError::Full`], and [`AuditLog::append`] is the way to wait for room.
+    pub fn try_append(&self, entry: Entry) -> Result<Appending, TryAppendError> {
+        entry.validate().map_err(AppendError::from)?;
         let sender = self.sender().map_err(|()| AppendError::Closed)?;
-        sender
-            .send(Command::Append { entry, ack })
-            .await
-            .map_err(|_| AppendError::Closed)?;
-        done.await.map_err(|_| AppendError::Closed)?
+        let (ack, done) = oneshot::channel();
+        match sender.try_send(Command::Append { entry, ack }) {
+            Ok(()) => Ok(Appending { done }),
+            Err(mpsc::error::TrySendError::Full(Command::Append { entry, .. })) => {
+                Err(TryAppendError::Full(Box::new(entry)))
+            }
+            Err(_) => Err(AppendError::Closed.into()),
+        }
     }
 
     /// Seals the active segment after everything appended before this call, and starts the next
@@ -338,6 +369,23 @@ impl AuditLog {
     }
 }
 
+/// A queued record: resolves with its seq once the transaction holding it is committed.
+#[derive(Debug)]
+#[must_use = "a record is only known to be committed once this resolves"]
+pub struct Appending {
+    done: oneshot::Receiver<Result<u64, AppendError>>,
+}
+
+impl Future for Appending {
+    type Output = Result<u64, AppendError>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<Self::Output> {
+        Pin::new(&mut self.done)
+            .poll(cx)
+            .map(|acked| acked.unwrap_or(Err(AppendError::Closed)))
+    }
+}
+
 fn finish_if_sealed(path: &Path) -> Result<(), StoreError> {
     if !is_writable(path)? {
         return Ok(());
@@ -361,6 +409,8 @@ struct Writer {
     dir: PathBuf,
     full_sync: bool,
     max_batch: usize,
+    /// See [`Config::seal_every_records`].
+    seal_every: u64,
     /// `None` after a seal whose follow-up failed; the next command retries creating the segment.
     active: Option<Active>,
     segment_number: u32,
@@ -398,6 +448,23 @@ impl Writer {
                 }
             }
             self.commit(&mut appends);
+        }
+    }
+
+    /// Seals after a commit whose records reached a multiple of `seal_every`, once the batch is
+    /// acknowledged. A failed seal leaves the segment active, and the next multiple tries again.
+    fn seal_if_due(&mut self, before: u64) {
+        if self.seal_every == 0 || before / self.seal_every == self.head_seq / self.seal_every {
+            return;
+        }
+        match self.seal() {
+            Ok(Some(sealed)) => tracing::info!(
+                segment = sealed.number,
+                last_seq = sealed.last_seq,
+                "audit segment sealed"
+            ),
+            Ok(None) => {}
+            Err(error) => tracing::error!(%error, "sealing the audit segment failed"),
         }
     }
 
@@ -456,6 +523,7 @@ impl Writer {
                     // A caller that stopped waiting still has its record committed.
                     let _ = ack.send(Ok(first_seq + offset));
                 }
+                self.seal_if_due(first_seq - 1);
             }
             Err(error) => {
                 let error = Arc::new(error);

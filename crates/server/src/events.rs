@@ -98,6 +98,6 @@ impl Events {
             kind,
         };
         let log = log.clone();
-        runtime.spawn(async move { append(&log, entry, 0).await });
+        runtime.spawn(async move { append(&log, entry).await });
     }
 }

@@ -163,10 +163,7 @@ pub(crate) async fn run(config: Config) -> Result<()> {
     // Audit is outermost: it sees every call, including those the inner
     // layers refuse, and records it when the call ends.
     let layers = ServiceBuilder::new()
-        .layer(AuditLayer::new(
-            audit_log.clone(),
-            config.audit.seal_every_records,
-        ))
+        .layer(AuditLayer::new(audit_log.clone()))
         .layer(MessageSizeLimitLayer::new(max_message))
         .layer(ConcurrencyCapLayer::new(
             config.server.max_concurrent_requests,

@@ -73,3 +73,39 @@ async fn concurrent_appends_build_one_valid_chain() {
         "concurrent appends must share commits: {stats:?}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_queue_hands_the_entry_back_and_append_waits_for_room() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut config = audit::Config::new(tmp.path());
+    config.queue_capacity = 1;
+    let log = audit::AuditLog::open(config).unwrap();
+
+    // Queuing far faster than the writer commits (an fsync per batch) fills a queue of one.
+    let mut queued = Vec::new();
+    let mut handed_back = Vec::new();
+    for n in 0..200 {
+        match log.try_append(entry(n)) {
+            Ok(appending) => queued.push(appending),
+            Err(audit::TryAppendError::Full(returned)) => handed_back.push(*returned),
+            Err(other) => panic!("unexpected error {other}"),
+        }
+    }
+    assert!(!handed_back.is_empty(), "the queue of one never filled");
+    assert!(
+        handed_back
+            .iter()
+            .all(|returned| returned.summary.starts_with("call ")),
+        "entries come back untouched"
+    );
+    let mut seqs = BTreeSet::new();
+    for appending in queued {
+        assert!(seqs.insert(appending.await.unwrap()));
+    }
+    for returned in handed_back {
+        assert!(seqs.insert(log.append(returned).await.unwrap()));
+    }
+    assert_eq!(seqs, (1..=200).collect::<BTreeSet<_>>());
+    let report = log.verify().await.unwrap();
+    assert!(report.ok && report.records_checked == 200, "{report:?}");
+}

@@ -119,3 +119,34 @@ async fn a_seal_interrupted_by_a_crash_is_completed_on_open() {
     assert!(report.ok, "{report:?}");
     assert_eq!((report.records_checked, report.segments), (6, 2));
 }
+
+#[tokio::test]
+async fn the_writer_seals_after_every_configured_number_of_records() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut config = audit::Config::new(tmp.path());
+    config.seal_every_records = 4;
+    let log = audit::AuditLog::open(config).unwrap();
+    append_range(&log, 0, 10).await;
+    // One append at a time commits one record per batch, so the seals fall exactly after seq 4
+    // and 8; records 9 and 10 stay in the active segment.
+    let report = log.verify().await.unwrap();
+    assert!(report.ok, "{report:?}");
+    assert_eq!((report.segments, report.records_checked), (3, 10));
+    for (number, first, last) in [(1, 1, 4), (2, 5, 8)] {
+        let path = segment_path(tmp.path(), number);
+        assert!(
+            std::fs::metadata(&path).unwrap().permissions().readonly(),
+            "segment {number} is sealed"
+        );
+        let (first_seq, last_seq): (i64, i64) = rusqlite::Connection::open_with_flags(
+            &path,
+            rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
+        )
+        .unwrap()
+        .query_row("SELECT MIN(seq), MAX(seq) FROM records", [], |row| {
+            Ok((row.get(0)?, row.get(1)?))
+        })
+        .unwrap();
+        assert_eq!((first_seq, last_seq), (first, last), "segment {number}");
+    }
+}
