@@ -23,6 +23,7 @@ from cordon_client import cert_channel, expect_code, generate_stubs, load_contex
 CTX = load_context()
 generate_stubs(CTX["proto_dir"])
 
+from cordon.audit.v1 import audit_pb2, audit_pb2_grpc  # noqa: E402
 from cordon.sandbox.v1 import sandbox_pb2 as pb, sandbox_pb2_grpc  # noqa: E402
 
 STUBS = {}
@@ -586,6 +587,30 @@ def test_run_stream_cancel_kills_the_run():
         time.sleep(0.05)
     call.cancel()
     wait_gone(m)
+
+
+def test_streams_are_recorded_when_they_end_or_are_cancelled():
+    # The admin identity and the start time keep the other tests' streams out of the query.
+    since = int(time.time() * 1000)
+    m = marker()
+    events = list(stub("admin").RunStream(request(["sh", "-c", "echo a; echo b"]), timeout=30))
+    assert b"".join(e.stdout for e in events) == b"a\nb\n" and events[-1].result.exit_code == 0, events
+    call = stub("admin").RunStream(request(["sh", "-c", f"echo started; exec sleep {m}"]), timeout=30)
+    assert next(call).stdout == b"started\n"
+    call.cancel()
+    wait_gone(m)
+    audit = audit_pb2_grpc.AuditStub(cert_channel(CTX, "auditor"))
+    deadline = time.monotonic() + 5
+    while True:
+        records = audit.Query(audit_pb2.QueryRequest(
+            identity="admin", method="/cordon.sandbox.v1.Sandbox/RunStream", since_unix_ms=since,
+            page_size=100), timeout=10).records
+        statuses = sorted(r.status for r in records)
+        if statuses == ["CANCELLED", "OK"] or time.monotonic() > deadline:
+            break
+        time.sleep(0.05)
+    assert statuses == ["CANCELLED", "OK"], records
+    assert all(r.sandboxed and len(r.request_sha256) == 64 for r in records), records
 
 
 def sigterm_suite():
