@@ -46,7 +46,7 @@ use ::audit::{
 };
 use http::{HeaderMap, Request, Response};
 use http_body::{Body as HttpBody, Frame, SizeHint};
-use http_body_util::BodyExt;
+use http_body_util::{BodyExt, StreamBody};
 use prost::bytes::Bytes;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -243,7 +243,8 @@ impl Call {
                 if let Some(committed) = self.record(code) {
                     committed.await;
                 }
-                Response::from_parts(parts, Body::new(Replay(ready)))
+                let answer = StreamBody::new(futures::stream::iter(ready));
+                Response::from_parts(parts, Body::new(answer))
             }
             None => Response::from_parts(
                 parts,
@@ -441,25 +442,6 @@ fn status_name(status: &Status) -> &'static str {
         .get(status.code() as usize)
         .copied()
         .unwrap_or("UNKNOWN")
-}
-
-/// A complete answer, released frame by frame.
-struct Replay(VecDeque<BodyFrame>);
-
-impl HttpBody for Replay {
-    type Data = Bytes;
-    type Error = Status;
-
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        _cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
-        Poll::Ready(self.0.pop_front())
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.0.is_empty()
-    }
 }
 
 /// Every method path this server can serve, read from the embedded
