@@ -15,16 +15,16 @@
 //! on. A client that saw a call complete therefore knows its record is
 //! committed, and a kill -9 of the server cannot lose it. The cost is one
 //! group commit of latency per call; throughput is shared across concurrent
-//! calls by the log's group commit.
+//! calls by the log's group commit. If the append itself fails (a full disk,
+//! say) the call's answer is kept, the failure is logged and counted in
+//! `cordon_audit_append_failures_total`: the call has already taken effect,
+//! and changing its status afterwards would tell the client something false.
 //!
 //! A unary answer is held whole rather than sending its headers and message
 //! first and its trailers after the commit: the connection then writes it in
 //! one go instead of two, which measured about 20% more audited calls per
 //! second on the benchmark machine. Its record is queued on the calling task,
-//! without a task of its own. If the append itself fails (a full disk, say) the call's answer is
-//! kept, the failure is logged and counted in
-//! `cordon_audit_append_failures_total`: the call has already taken effect,
-//! and changing its status afterwards would tell the client something false.
+//! without a task of its own.
 //!
 //! # Request digest
 //! `request_sha256` is the SHA-256 of the request's message payloads, without
