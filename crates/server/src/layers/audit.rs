@@ -438,10 +438,13 @@ async fn take_ready_frames(
 }
 
 fn status_name(status: &Status) -> &'static str {
-    STATUS_NAMES
-        .get(status.code() as usize)
-        .copied()
-        .unwrap_or("UNKNOWN")
+    code_name(status.code() as usize)
+}
+
+/// The name of gRPC status code `code`; codes beyond the known ones are
+/// UNKNOWN.
+fn code_name(code: usize) -> &'static str {
+    STATUS_NAMES.get(code).copied().unwrap_or("UNKNOWN")
 }
 
 /// Every method path this server can serve, read from the embedded
@@ -492,7 +495,7 @@ pub(crate) fn clip(text: &str) -> String {
 fn grpc_status(headers: &HeaderMap) -> Option<&'static str> {
     let value = headers.get("grpc-status")?;
     let code: usize = value.to_str().ok()?.trim().parse().ok()?;
-    Some(STATUS_NAMES.get(code).copied().unwrap_or("UNKNOWN"))
+    Some(code_name(code))
 }
 
 /// The request body, passed through unchanged while its message payloads are
