@@ -91,6 +91,18 @@ fn install_recorder() -> Result<PrometheusHandle> {
         "audit records that could not be committed"
     );
     metrics::describe_counter!(
+        "cordon_audit_commits_total",
+        "transactions the audit writer committed (one fsync each with full durability)"
+    );
+    metrics::describe_counter!(
+        "cordon_audit_records_total",
+        "audit records the writer committed; divided by commits, the mean group-commit batch"
+    );
+    metrics::describe_gauge!(
+        "cordon_audit_largest_batch",
+        "most audit records committed in one transaction since the server started"
+    );
+    metrics::describe_counter!(
         "cordon_tls_handshake_failures_total",
         "refused or failed TLS handshakes"
     );
@@ -167,6 +179,26 @@ pub(crate) async fn start(config: &OpsConfig) -> Result<SocketAddr> {
         }
     });
     Ok(local)
+}
+
+/// Copies the audit writer's group-commit counters into the recorder once a
+/// second. The writer thread keeps plain atomics, so the audit crate needs no
+/// metrics dependency and a commit costs no recorder lookup.
+pub(crate) fn export_audit_writer(log: audit::AuditLog) {
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        loop {
+            tick.tick().await;
+            let stats = log.writer_stats();
+            metrics::counter!("cordon_audit_commits_total").absolute(stats.batches);
+            metrics::counter!("cordon_audit_records_total").absolute(stats.records);
+            #[expect(
+                clippy::cast_precision_loss,
+                reason = "a batch is at most the configured max_batch, far below 2^52"
+            )]
+            metrics::gauge!("cordon_audit_largest_batch").set(stats.largest_batch as f64);
+        }
+    });
 }
 
 fn answer(handle: &PrometheusHandle, request: &Request<Incoming>) -> Response<Full<Bytes>> {

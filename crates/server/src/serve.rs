@@ -41,6 +41,9 @@ pub(crate) async fn run(config: Config) -> Result<()> {
         false => None,
     };
     let audit_log = config.audit.open(&config.data_dir)?;
+    if let (Some(log), Some(_)) = (&audit_log, ops_addr) {
+        crate::ops::export_audit_writer(log.clone());
+    }
     let events = Events::with_audit(audit_log.clone());
     let revoked = RevokedSerials::default();
     if let Some(ca) = &ca {

@@ -301,6 +301,9 @@ def test_metrics():
         'cordon_rpc_requests_total{method="/cordon.audit.v1.Audit/Stats",code="PERMISSION_DENIED"}',
         'cordon_rpc_duration_seconds_bucket{method="/cordon.guard.v1.Guard/CheckCommand"',
         "cordon_audit_append_seconds_bucket",
+        "cordon_audit_commits_total",
+        "cordon_audit_records_total",
+        "cordon_audit_largest_batch",
         "cordon_tls_handshake_failures_total",
         "cordon_authentication_failures_total",
         "# TYPE cordon_rpc_duration_seconds histogram",
@@ -308,6 +311,31 @@ def test_metrics():
         assert name in body, f"{name} not in /metrics:\n{body}"
     handshakes = [l for l in body.splitlines() if l.startswith("cordon_tls_handshake_failures_total ")]
     assert handshakes and float(handshakes[0].split()[1]) >= 1, handshakes
+
+
+def metric(body, name):
+    values = [float(l.split()[1]) for l in body.splitlines() if l.startswith(name + " ")]
+    assert len(values) == 1, (name, values)
+    return values[0]
+
+
+def test_group_commit_counters_follow_the_writer():
+    # The counters are copied from the writer once a second, so wait for a copy made after
+    # the calls below were committed.
+    _, _, before = http("/metrics")
+    for _ in range(5):
+        guard("admin").CheckCommand(guard_pb2.CheckCommandRequest(command="ls"), timeout=10)
+    deadline = time.monotonic() + 5
+    while True:
+        _, _, after = http("/metrics")
+        records = metric(after, "cordon_audit_records_total")
+        if records >= metric(before, "cordon_audit_records_total") + 5 or time.monotonic() > deadline:
+            break
+        time.sleep(0.2)
+    assert records >= metric(before, "cordon_audit_records_total") + 5, (before, after)
+    commits = metric(after, "cordon_audit_commits_total")
+    assert 1 <= commits <= records, (commits, records)
+    assert 1 <= metric(after, "cordon_audit_largest_batch") <= records
 
 
 def test_unknown_method_label_is_bounded():
@@ -345,6 +373,7 @@ run_tests([
     test_check_command,
     test_scan_text,
     test_metrics,
+    test_group_commit_counters_follow_the_writer,
     test_unknown_method_label_is_bounded,
     test_healthz_and_404_and_405,
 ])
