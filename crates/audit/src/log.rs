@@ -5,7 +5,7 @@ use std::fs;
 use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::task::{Context as TaskContext, Poll};
 use std::thread::JoinHandle;
@@ -105,6 +105,8 @@ struct Counters {
     batches: AtomicU64,
     records: AtomicU64,
     largest_batch: AtomicU64,
+    /// Set when a commit fails, cleared when one succeeds.
+    failing: AtomicBool,
 }
 
 #[expect(
@@ -338,6 +340,14 @@ impl AuditLog {
         }
     }
 
+    /// Whether the writer's last attempt to commit records failed (a full disk, a segment that
+    /// could not be created). It clears with the next commit that succeeds, so a server that
+    /// refuses calls while it is set must keep appending the records of its refusals: they are
+    /// what finds out that the log works again.
+    pub fn is_failing(&self) -> bool {
+        self.inner.counters.failing.load(Ordering::Relaxed)
+    }
+
     /// The data directory this log was opened in.
     pub fn data_dir(&self) -> &Path {
         &self.inner.data_dir
@@ -513,6 +523,7 @@ impl Writer {
         }
         match self.write_batch(appends) {
             Ok(first_seq) => {
+                self.counters.failing.store(false, Ordering::Relaxed);
                 let count = appends.len() as u64;
                 self.counters.batches.fetch_add(1, Ordering::Relaxed);
                 self.counters.records.fetch_add(count, Ordering::Relaxed);
@@ -526,6 +537,7 @@ impl Writer {
                 self.seal_if_due(first_seq - 1);
             }
             Err(error) => {
+                self.counters.failing.store(true, Ordering::Relaxed);
                 let error = Arc::new(error);
                 for (_, ack) in appends.drain(..) {
                     let _ = ack.send(Err(AppendError::Store(Arc::clone(&error))));

@@ -131,8 +131,13 @@ fn install_recorder() -> Result<PrometheusHandle> {
 }
 
 /// Installs the recorder, binds the listener and serves it on a task.
-/// Returns the bound address.
-pub(crate) async fn start(config: &OpsConfig) -> Result<SocketAddr> {
+/// Returns the bound address. With an audit log, `/healthz` answers 503
+/// while the log cannot commit records, and the writer's group-commit
+/// counters are exported.
+pub(crate) async fn start(
+    config: &OpsConfig,
+    audit: Option<audit::AuditLog>,
+) -> Result<SocketAddr> {
     if !config.listen.ip().is_loopback() {
         tracing::warn!(
             listen = %config.listen,
@@ -144,6 +149,9 @@ pub(crate) async fn start(config: &OpsConfig) -> Result<SocketAddr> {
         .await
         .with_context(|| format!("cannot listen on {} (ops.listen)", config.listen))?;
     let local = listener.local_addr()?;
+    if let Some(log) = &audit {
+        export_audit_writer(log.clone());
+    }
     let upkeep = handle.clone();
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(Duration::from_secs(5));
@@ -163,10 +171,12 @@ pub(crate) async fn start(config: &OpsConfig) -> Result<SocketAddr> {
                 }
             };
             let handle = handle.clone();
+            let audit = audit.clone();
             tokio::spawn(async move {
                 let service = service_fn(move |request| {
                     let handle = handle.clone();
-                    async move { Ok::<_, Infallible>(answer(&handle, &request)) }
+                    let audit_failing = audit.as_ref().is_some_and(audit::AuditLog::is_failing);
+                    async move { Ok::<_, Infallible>(answer(&handle, &request, audit_failing)) }
                 });
                 let connection = hyper::server::conn::http1::Builder::new()
                     .timer(TokioTimer::new())
@@ -184,7 +194,7 @@ pub(crate) async fn start(config: &OpsConfig) -> Result<SocketAddr> {
 /// Copies the audit writer's group-commit counters into the recorder once a
 /// second. The writer thread keeps plain atomics, so the audit crate needs no
 /// metrics dependency and a commit costs no recorder lookup.
-pub(crate) fn export_audit_writer(log: audit::AuditLog) {
+fn export_audit_writer(log: audit::AuditLog) {
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(Duration::from_secs(1));
         loop {
@@ -201,7 +211,11 @@ pub(crate) fn export_audit_writer(log: audit::AuditLog) {
     });
 }
 
-fn answer(handle: &PrometheusHandle, request: &Request<Incoming>) -> Response<Full<Bytes>> {
+fn answer(
+    handle: &PrometheusHandle,
+    request: &Request<Incoming>,
+    audit_failing: bool,
+) -> Response<Full<Bytes>> {
     let path = request.uri().path();
     let readable = request.method() == Method::GET || request.method() == Method::HEAD;
     let (status, content_type, body) = match path {
@@ -214,6 +228,11 @@ fn answer(handle: &PrometheusHandle, request: &Request<Incoming>) -> Response<Fu
             StatusCode::OK,
             "text/plain; version=0.0.4; charset=utf-8",
             handle.render(),
+        ),
+        "/healthz" if audit_failing => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "text/plain; charset=utf-8",
+            "audit log failing\n".to_owned(),
         ),
         "/healthz" => (
             StatusCode::OK,

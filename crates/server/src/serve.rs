@@ -13,7 +13,7 @@ use tower::ServiceBuilder;
 
 use crate::config::Config;
 use crate::events::Events;
-use crate::layers::audit::AuditLayer;
+use crate::layers::audit::{AuditLayer, AuditOnFailure, RefuseWhileFailing};
 use crate::layers::authn::{Authenticator, RevokedSerials};
 use crate::layers::authz::Authorizer;
 use crate::layers::limits::{ConcurrencyCapLayer, MessageSizeLimitLayer};
@@ -34,16 +34,13 @@ pub(crate) async fn run(config: Config) -> Result<()> {
     }
     let tls = Arc::new(TlsState::load(tls_files.clone())?);
     crate::tls_watch::spawn(&tls_files, tls.clone());
-    // The recorder is installed before anything counts, and the audit log is
-    // open before the first connection, so nothing goes unrecorded.
+    // The audit log is open and the metrics recorder installed before the
+    // first connection, so nothing goes unrecorded or uncounted.
+    let audit_log = config.audit.open(&config.data_dir)?;
     let ops_addr = match config.ops.enabled {
-        true => Some(crate::ops::start(&config.ops).await?),
+        true => Some(crate::ops::start(&config.ops, audit_log.clone()).await?),
         false => None,
     };
-    let audit_log = config.audit.open(&config.data_dir)?;
-    if let (Some(log), Some(_)) = (&audit_log, ops_addr) {
-        crate::ops::export_audit_writer(log.clone());
-    }
     let events = Events::with_audit(audit_log.clone());
     let revoked = RevokedSerials::default();
     if let Some(ca) = &ca {
@@ -172,6 +169,12 @@ pub(crate) async fn run(config: Config) -> Result<()> {
             config.server.max_concurrent_requests,
         ))
         .layer(authenticator.layer())
+        .option_layer(
+            audit_log
+                .clone()
+                .filter(|_| config.audit.on_failure == AuditOnFailure::Refuse)
+                .map(RefuseWhileFailing::layer),
+        )
         .layer(authorizer.clone().layer())
         .into_inner();
 

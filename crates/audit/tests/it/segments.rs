@@ -150,3 +150,46 @@ async fn the_writer_seals_after_every_configured_number_of_records() {
         assert_eq!((first_seq, last_seq), (first, last), "segment {number}");
     }
 }
+
+#[tokio::test]
+async fn a_log_that_cannot_start_its_next_segment_fails_appends_until_it_can() {
+    let tmp = tempfile::tempdir().unwrap();
+    let log = open(tmp.path());
+    append_range(&log, 0, 3).await;
+    assert!(!log.is_failing());
+
+    // A file where the audit directory was: even root cannot create the next segment in it,
+    // while the open segment's descriptors keep working.
+    let dir = audit::audit_dir(tmp.path());
+    let away = tmp.path().join("audit-away");
+    std::fs::rename(&dir, &away).unwrap();
+    std::fs::write(&dir, b"not a directory").unwrap();
+    assert!(log.seal().await.is_err(), "the seal cannot finish");
+    assert!(!log.is_failing(), "no commit has failed yet");
+    assert!(log.append(crate::common::entry(3)).await.is_err());
+    assert!(log.is_failing(), "a failed commit is reported");
+    assert_eq!(
+        log.head().seq,
+        3,
+        "the failed record left no trace in the chain"
+    );
+
+    std::fs::remove_file(&dir).unwrap();
+    std::fs::rename(&away, &dir).unwrap();
+    assert_eq!(log.append(crate::common::entry(4)).await.unwrap(), 4);
+    assert!(
+        !log.is_failing(),
+        "a commit that succeeds clears the failure"
+    );
+    drop(log);
+
+    let report = verify_dir(tmp.path()).unwrap();
+    assert!(report.ok, "{report:?}");
+    assert_eq!((report.records_checked, report.segments), (4, 2));
+    let log = open(tmp.path());
+    assert_eq!(log.append(crate::common::entry(5)).await.unwrap(), 5);
+    drop(log);
+    let report = verify_dir(tmp.path()).unwrap();
+    assert!(report.ok, "{report:?}");
+    assert_eq!(report.records_checked, 5);
+}

@@ -19,6 +19,8 @@
 //! say) the call's answer is kept, the failure is logged and counted in
 //! `cordon_audit_append_failures_total`: the call has already taken effect,
 //! and changing its status afterwards would tell the client something false.
+//! Later calls are refused UNAVAILABLE by [`RefuseWhileFailing`] until a
+//! record commits again, unless `audit.on_failure = "serve"`.
 //!
 //! A unary answer is held whole rather than sending its headers and message
 //! first and its trailers after the commit: the connection then writes it in
@@ -55,6 +57,7 @@ use tonic::Status;
 use tonic::body::Body;
 use tower::{Layer, Service};
 
+use crate::layers::gate::{Check, GateLayer};
 use crate::listener::PeerInfo;
 use crate::notes::CallNotes;
 
@@ -71,6 +74,8 @@ pub(crate) struct AuditConfig {
     /// Seal the active segment and start a new one after the commit that
     /// reaches a seq that is a multiple of this; 0 never seals.
     pub(crate) seal_every_records: u64,
+    /// What the server does with calls while the log cannot commit records.
+    pub(crate) on_failure: AuditOnFailure,
 }
 
 impl Default for AuditConfig {
@@ -79,8 +84,21 @@ impl Default for AuditConfig {
             enabled: true,
             durability: AuditDurability::Full,
             seal_every_records: 1_000_000,
+            on_failure: AuditOnFailure::Refuse,
         }
     }
+}
+
+/// `audit.on_failure`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub(crate) enum AuditOnFailure {
+    /// Answer every call UNAVAILABLE, after authentication and before it
+    /// takes effect, until a record commits again: nothing happens that the
+    /// log cannot record.
+    Refuse,
+    /// Keep serving; failed appends are only logged and counted.
+    Serve,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -111,6 +129,38 @@ impl AuditConfig {
         Ok(Some(log))
     }
 }
+
+/// The gate that refuses calls while the audit log cannot commit records
+/// (`audit.on_failure = "refuse"`). It sits after authentication, so the
+/// refusal is recorded with the caller's identity and an unauthenticated
+/// caller learns nothing about the log. The refused calls' own records keep
+/// reaching the writer, and the first that commits ends the refusals.
+pub(crate) struct RefuseWhileFailing {
+    log: AuditLog,
+}
+
+impl RefuseWhileFailing {
+    pub(crate) fn layer(log: AuditLog) -> GateLayer<Self> {
+        GateLayer::new(Arc::new(Self { log }))
+    }
+}
+
+impl Check for RefuseWhileFailing {
+    fn check(&self, request: &mut Request<Body>) -> Result<(), Status> {
+        if !self.log.is_failing() {
+            return Ok(());
+        }
+        if let Some(notes) = request.extensions().get::<CallNotes>() {
+            notes.update(|notes| notes.summary = Some(REFUSED_SUMMARY.to_owned()));
+        }
+        Err(Status::unavailable(
+            "the audit log cannot record calls, so the server refuses them until it can",
+        ))
+    }
+}
+
+/// The summary recorded for a call refused by [`RefuseWhileFailing`].
+pub(crate) const REFUSED_SUMMARY: &str = "refused: the audit log was failing";
 
 /// Most bytes read from a request body that an inner layer refused without
 /// reading, to compute its digest.

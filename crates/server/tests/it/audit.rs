@@ -1,7 +1,8 @@
 //! The audit trail end to end: every call recorded with the digest but never
 //! the text of its arguments, the Audit and Guard services and the ops
 //! endpoint through grpcio, acknowledged records surviving kill -9, the chain
-//! surviving restarts and seals, and offline verification catching tampering.
+//! surviving restarts and seals, offline verification catching tampering, and
+//! calls refused while the log cannot record them.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -92,11 +93,7 @@ roles = []
         work = work.display()
     );
     let server = TestServer::start_in(dir, &config);
-    let ops = server
-        .stdout_lines()
-        .iter()
-        .find_map(|line| line.strip_prefix("ops endpoint on ").map(str::to_owned))
-        .expect("the server prints the ops endpoint's address");
+    let ops = ops_address(&server);
     harness::run_python(
         "test_audit.py",
         &json!({
@@ -138,17 +135,22 @@ roles = []
 
 /// Makes `calls` WhoAmI calls over mTLS, several at a time, and returns once
 /// every one of them has been answered.
-fn whoami_calls(server: &TestServer, calls: usize) {
+/// The server's gRPC endpoint with the admin's client certificate.
+fn admin_endpoint(server: &TestServer) -> Endpoint {
     let certs = server.certs();
     let read = |name: &str| std::fs::read(certs.join(name)).unwrap();
     let tls = ClientTlsConfig::new()
         .ca_certificate(Certificate::from_pem(read("ca.pem")))
         .identity(Identity::from_pem(read("admin.pem"), read("admin.key")))
         .domain_name("localhost");
-    let endpoint = Endpoint::from_shared(format!("https://{}", server.addr))
+    Endpoint::from_shared(format!("https://{}", server.addr))
         .unwrap()
         .tls_config(tls)
-        .unwrap();
+        .unwrap()
+}
+
+fn whoami_calls(server: &TestServer, calls: usize) {
+    let endpoint = admin_endpoint(server);
     let runtime = tokio::runtime::Runtime::new().unwrap();
     runtime.block_on(async move {
         let channel = endpoint.connect().await.expect("connect");
@@ -287,4 +289,170 @@ fn audit_can_be_disabled_and_verify_fails_without_a_log() {
     assert!(!audit::audit_dir(dir.path()).exists());
     let verified = cordon_audit(&["verify"], dir.path());
     assert!(!verified.status.success(), "{verified:?}");
+}
+
+/// Status line and body of `GET path` on the ops endpoint at `ops`
+/// (`http://host:port`).
+fn ops_get(ops: &str, path: &str) -> (u16, String) {
+    use std::io::{Read, Write};
+    let addr = ops.strip_prefix("http://").expect("an http address");
+    let mut stream = std::net::TcpStream::connect(addr).expect("connect to the ops endpoint");
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut answer = String::new();
+    stream.read_to_string(&mut answer).unwrap();
+    let status = answer
+        .split(' ')
+        .nth(1)
+        .and_then(|code| code.parse().ok())
+        .expect("a status line");
+    let body = answer
+        .split_once("\r\n\r\n")
+        .map(|(_, body)| body.to_owned())
+        .unwrap_or_default();
+    (status, body)
+}
+
+/// The ops endpoint's address, as the server printed it.
+fn ops_address(server: &TestServer) -> String {
+    server
+        .stdout_lines()
+        .iter()
+        .find_map(|line| line.strip_prefix("ops endpoint on ").map(str::to_owned))
+        .expect("the server prints the ops endpoint's address")
+}
+
+/// One WhoAmI call at a time as admin, each returning its status code.
+struct Caller {
+    runtime: tokio::runtime::Runtime,
+    client: IdentityClient<tonic::transport::Channel>,
+}
+
+impl Caller {
+    fn new(server: &TestServer) -> Caller {
+        let runtime = tokio::runtime::Runtime::new().unwrap();
+        let channel = runtime
+            .block_on(admin_endpoint(server).connect())
+            .expect("connect");
+        Caller {
+            runtime,
+            client: IdentityClient::new(channel),
+        }
+    }
+
+    fn call(&mut self) -> tonic::Code {
+        match self
+            .runtime
+            .block_on(self.client.who_am_i(WhoAmIRequest {}))
+        {
+            Ok(_) => tonic::Code::Ok,
+            Err(status) => status.code(),
+        }
+    }
+}
+
+/// Puts a file where the audit directory was, so that the log cannot start
+/// its next segment (not even as root) while its open segment still works.
+/// Returns where the directory went.
+fn break_audit_directory(data_dir: &Path) -> PathBuf {
+    let dir = audit::audit_dir(data_dir);
+    let away = data_dir.join("audit-away");
+    std::fs::rename(&dir, &away).unwrap();
+    std::fs::write(&dir, b"not a directory").unwrap();
+    away
+}
+
+fn repair_audit_directory(data_dir: &Path, away: &Path) {
+    let dir = audit::audit_dir(data_dir);
+    std::fs::remove_file(&dir).unwrap();
+    std::fs::rename(away, &dir).unwrap();
+}
+
+#[test]
+fn while_the_audit_log_fails_calls_are_refused_and_healthz_says_so() {
+    // Segments are sealed every 4 records: once the directory is broken, the
+    // next seal fails, and so does every commit after it.
+    let config = "[ops]\nlisten = \"127.0.0.1:0\"\n\
+                  [audit]\ndurability = \"process_crash\"\nseal_every_records = 4\n";
+    let server = TestServer::start(config);
+    let ops = ops_address(&server);
+    let mut caller = Caller::new(&server);
+    assert_eq!(caller.call(), tonic::Code::Ok);
+    assert_eq!(ops_get(&ops, "/healthz"), (200, "ok\n".to_owned()));
+
+    let away = break_audit_directory(server.dir.path());
+    // The call whose commit fails has already taken effect and keeps its
+    // answer; the calls after it are refused before they take effect.
+    let codes: Vec<tonic::Code> = (0..12).map(|_| caller.call()).collect();
+    let first_refused = codes
+        .iter()
+        .position(|code| *code == tonic::Code::Unavailable)
+        .unwrap_or_else(|| panic!("no call was refused: {codes:?}"));
+    assert!(
+        codes[..first_refused].iter().all(|c| *c == tonic::Code::Ok)
+            && codes[first_refused..]
+                .iter()
+                .all(|c| *c == tonic::Code::Unavailable),
+        "answered until the log failed, refused after: {codes:?}"
+    );
+    assert!(first_refused <= 6, "refused within one seal: {codes:?}");
+    assert_eq!(
+        ops_get(&ops, "/healthz"),
+        (503, "audit log failing\n".to_owned())
+    );
+
+    // The refusals' own records find out that the log works again: the
+    // first may still be refused, the next is served.
+    repair_audit_directory(server.dir.path(), &away);
+    let codes: Vec<tonic::Code> = (0..2).map(|_| caller.call()).collect();
+    assert_eq!(codes[1], tonic::Code::Ok, "served again: {codes:?}");
+    assert_eq!(ops_get(&ops, "/healthz"), (200, "ok\n".to_owned()));
+    drop(caller);
+
+    let dir = kill_9(server);
+    let report = audit::verify_dir(dir.path()).unwrap();
+    assert!(report.ok, "the chain survives the failure: {report:?}");
+    let records = audit::query_dir(
+        dir.path(),
+        &audit::Query {
+            method: Some(WHOAMI.to_owned()),
+            page_size: audit::MAX_PAGE_SIZE,
+            ..Default::default()
+        },
+    )
+    .unwrap()
+    .records;
+    assert!(
+        records.iter().any(|r| r.entry.status == "UNAVAILABLE"
+            && r.entry.identity == "admin"
+            && r.entry.summary == "refused: the audit log was failing"),
+        "a refusal is recorded with the caller: {records:?}"
+    );
+}
+
+#[test]
+fn with_on_failure_serve_calls_are_answered_while_the_log_fails() {
+    let config = "[ops]\nlisten = \"127.0.0.1:0\"\n\
+                  [audit]\ndurability = \"process_crash\"\nseal_every_records = 4\n\
+                  on_failure = \"serve\"\n";
+    let server = TestServer::start(config);
+    let ops = ops_address(&server);
+    let mut caller = Caller::new(&server);
+    let away = break_audit_directory(server.dir.path());
+    let codes: Vec<tonic::Code> = (0..12).map(|_| caller.call()).collect();
+    assert!(
+        codes.iter().all(|code| *code == tonic::Code::Ok),
+        "{codes:?}"
+    );
+    assert_eq!(
+        ops_get(&ops, "/healthz"),
+        (503, "audit log failing\n".to_owned()),
+        "the failure is visible even when calls are served"
+    );
+    repair_audit_directory(server.dir.path(), &away);
+    assert_eq!(caller.call(), tonic::Code::Ok);
+    assert_eq!(ops_get(&ops, "/healthz"), (200, "ok\n".to_owned()));
 }
