@@ -341,11 +341,12 @@ impl AuditLog {
     }
 
     /// Whether the writer's last attempt to commit records failed (a full disk, a segment that
-    /// could not be created). It clears with the next commit that succeeds, so a server that
-    /// refuses calls while it is set must keep appending the records of its refusals: they are
-    /// what finds out that the log works again.
+    /// could not be created), or the writer thread is gone. A failed commit clears with the next
+    /// one that succeeds, so a server that refuses calls while this is set must keep appending
+    /// the records of its refusals: they are what finds out that the log works again.
     pub fn is_failing(&self) -> bool {
         self.inner.counters.failing.load(Ordering::Relaxed)
+            || self.sender().map_or(true, mpsc::Sender::is_closed)
     }
 
     /// The data directory this log was opened in.
