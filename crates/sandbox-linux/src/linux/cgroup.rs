@@ -10,6 +10,11 @@
 //! bookkeeping, so a run's cgroup goes back to a small pool once it is empty again and the
 //! next run reuses it: `pids.max` is set anew, and the count of refused forks is measured
 //! from where the previous run left it. A cgroup that cannot be emptied is never reused.
+//! The cgroup keeps its `pids.max`, `pids.current` and `pids.events` open, so a run reads and
+//! writes them with one system call each instead of a path walk, an open and a close; a run
+//! that left no process behind (`pids.current` is 0) is done without listing `cgroup.procs`.
+//! That file is opened afresh for every listing: a v1 descriptor that is read again may be
+//! served the process list it cached a moment ago.
 //!
 //! When the server starts it removes cgroups left by a server that crashed (its pid is gone),
 //! killing what is still inside, so a crash leaves nothing running for long.
@@ -17,6 +22,7 @@
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read};
 use std::os::fd::{AsFd, BorrowedFd};
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -30,6 +36,61 @@ const POOL_SIZE: usize = 64;
 struct Idle {
     dir: PathBuf,
     procs: File,
+    files: ControlFiles,
+}
+
+/// The pids controller's files of one run cgroup, open for as long as the cgroup exists.
+#[derive(Debug)]
+struct ControlFiles {
+    /// `pids.max`, for writing.
+    max: File,
+    /// `pids.current`, for reading.
+    current: File,
+    /// `pids.events`, for reading.
+    events: File,
+}
+
+impl ControlFiles {
+    fn open(dir: &Path) -> io::Result<ControlFiles> {
+        Ok(ControlFiles {
+            max: OpenOptions::new().write(true).open(dir.join("pids.max"))?,
+            current: File::open(dir.join("pids.current"))?,
+            events: File::open(dir.join("pids.events"))?,
+        })
+    }
+
+    fn set_max(&self, max_processes: u64) -> io::Result<()> {
+        let value = max_processes.to_string();
+        let written = self.max.write_at(value.as_bytes(), 0)?;
+        if written != value.len() {
+            return Err(io::Error::other("short write to pids.max"));
+        }
+        Ok(())
+    }
+
+    /// Tasks in the cgroup now; `None` when the file cannot be read.
+    fn current(&self) -> Option<u64> {
+        read_small(&self.current)?.trim().parse().ok()
+    }
+
+    /// How many forks `pids.max` has refused since the cgroup was created.
+    fn refused_forks(&self) -> u64 {
+        read_small(&self.events)
+            .and_then(|text| {
+                text.lines()
+                    .find_map(|l| l.strip_prefix("max ").map(|n| n.trim().parse().ok()))
+                    .flatten()
+            })
+            .unwrap_or(0)
+    }
+}
+
+/// Reads a short control file from its start: a read at offset 0 makes the kernel produce
+/// the value anew.
+fn read_small(file: &File) -> Option<String> {
+    let mut buffer = [0u8; 128];
+    let len = file.read_at(&mut buffer, 0).ok()?;
+    String::from_utf8(buffer.get(..len)?.to_vec()).ok()
 }
 
 /// Where this server creates run cgroups.
@@ -92,16 +153,17 @@ impl CgroupRoot {
     pub(crate) fn create_run(&self, max_processes: u64) -> io::Result<RunCgroup> {
         let idle = self.pool.lock().unwrap_or_else(|e| e.into_inner()).pop();
         if let Some(idle) = idle {
-            let mut cgroup = RunCgroup {
+            let refused_before = idle.files.refused_forks();
+            let cgroup = RunCgroup {
                 dir: idle.dir,
                 procs: Some(idle.procs),
+                files: Some(idle.files),
                 v2: self.v2,
-                refused_before: 0,
+                refused_before,
                 pool: Some(Arc::clone(&self.pool)),
                 emptied: AtomicBool::new(false),
             };
-            cgroup.refused_before = cgroup.refused_forks();
-            fs::write(cgroup.dir.join("pids.max"), max_processes.to_string())?;
+            cgroup.files()?.set_max(max_processes)?;
             return Ok(cgroup);
         }
         static COUNTER: AtomicU64 = AtomicU64::new(0);
@@ -112,13 +174,16 @@ impl CgroupRoot {
         // From here on, dropping the value removes the directory again on any error.
         let mut cgroup = RunCgroup {
             procs: None,
+            files: None,
             dir,
             v2: self.v2,
             refused_before: 0,
             pool: None,
             emptied: AtomicBool::new(false),
         };
-        fs::write(cgroup.dir.join("pids.max"), max_processes.to_string())?;
+        let files = ControlFiles::open(&cgroup.dir)?;
+        files.set_max(max_processes)?;
+        cgroup.files = Some(files);
         cgroup.procs = Some(
             OpenOptions::new()
                 .write(true)
@@ -185,6 +250,8 @@ fn kill_listed(dir: &Path) -> bool {
 pub(crate) struct RunCgroup {
     dir: PathBuf,
     procs: Option<File>,
+    /// `None` only while a new cgroup is being set up.
+    files: Option<ControlFiles>,
     v2: bool,
     /// Forks `pids.max` had refused before this run (a reused cgroup keeps counting).
     refused_before: u64,
@@ -201,9 +268,20 @@ impl RunCgroup {
         self.procs.as_ref().map(|f| f.as_fd())
     }
 
+    fn files(&self) -> io::Result<&ControlFiles> {
+        self.files
+            .as_ref()
+            .ok_or_else(|| io::Error::other("the run cgroup is not set up"))
+    }
+
     /// Kills every process of the run; true when the cgroup is empty afterwards.
     pub(crate) fn kill_all(&self) -> bool {
         if self.emptied.load(Ordering::Relaxed) {
+            return true;
+        }
+        // No task inside means none can fork one in, so there is nothing to list or kill.
+        if self.files.as_ref().and_then(ControlFiles::current) == Some(0) {
+            self.emptied.store(true, Ordering::Relaxed);
             return true;
         }
         if self.v2 {
@@ -216,38 +294,32 @@ impl RunCgroup {
 
     /// How many forks `pids.max` refused during this run.
     pub(crate) fn limit_hits(&self) -> u64 {
-        self.refused_forks().saturating_sub(self.refused_before)
-    }
-
-    /// How many forks `pids.max` has refused since the cgroup was created.
-    fn refused_forks(&self) -> u64 {
-        fs::read_to_string(self.dir.join("pids.events"))
-            .ok()
-            .and_then(|t| {
-                t.lines()
-                    .find_map(|l| l.strip_prefix("max ").map(|n| n.trim().parse().ok()))
-                    .flatten()
-            })
-            .unwrap_or(0)
+        self.files
+            .as_ref()
+            .map_or(0, ControlFiles::refused_forks)
+            .saturating_sub(self.refused_before)
     }
 }
 
 impl Drop for RunCgroup {
     fn drop(&mut self) {
         if let Some(pool) = self.pool.take()
-            && let Some(procs) = self.procs.take()
             && self.kill_all()
+            && let Some(procs) = self.procs.take()
+            && let Some(files) = self.files.take()
         {
             let mut pool = pool.lock().unwrap_or_else(|e| e.into_inner());
             if pool.len() < POOL_SIZE {
                 pool.push(Idle {
                     dir: std::mem::take(&mut self.dir),
                     procs,
+                    files,
                 });
                 return;
             }
         }
         self.procs = None;
+        self.files = None;
         for _ in 0..50 {
             self.kill_all();
             if fs::remove_dir(&self.dir).is_ok() {

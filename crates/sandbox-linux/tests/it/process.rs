@@ -133,7 +133,14 @@ fn a_fork_bomb_is_contained_and_cleaned_up() {
          print(n, flush=True)"
     );
     let started = Instant::now();
-    let out = python(policy(spec), &code);
+    // One backend for both runs, so that the second reuses the bomb's cgroup.
+    let sandbox = strongest();
+    let request =
+        |argv: Vec<String>, spec: PolicySpec| RunRequest::new(argv, policy(spec)).expect("request");
+    let out = run_on(
+        &sandbox,
+        request(vec!["python3".into(), "-c".into(), code], spec.clone()),
+    );
     let forked: u32 = stdout(&out)
         .trim()
         .parse()
@@ -154,6 +161,12 @@ fn a_fork_bomb_is_contained_and_cleaned_up() {
     }
     std::thread::sleep(Duration::from_millis(100));
     assert!(processes_with(&tag).is_empty());
+
+    // The refused forks belong to the bomb's run only: a quiet run after it, in the cgroup
+    // it left behind, reports none.
+    let quiet = run_on(&sandbox, request(vec!["true".into()], spec));
+    assert_eq!(quiet.exit_code, Some(0), "{}", stderr(&quiet));
+    assert!(quiet.violations.is_empty(), "{:?}", quiet.violations);
 }
 
 #[test]
