@@ -160,7 +160,7 @@ impl Check for RefuseWhileFailing {
 }
 
 /// The summary recorded for a call refused by [`RefuseWhileFailing`].
-pub(crate) const REFUSED_SUMMARY: &str = "refused: the audit log was failing";
+const REFUSED_SUMMARY: &str = "refused: the audit log was failing";
 
 /// Most bytes read from a request body that an inner layer refused without
 /// reading, to compute its digest.

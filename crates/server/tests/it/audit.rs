@@ -133,8 +133,6 @@ roles = []
     }
 }
 
-/// Makes `calls` WhoAmI calls over mTLS, several at a time, and returns once
-/// every one of them has been answered.
 /// The server's gRPC endpoint with the admin's client certificate.
 fn admin_endpoint(server: &TestServer) -> Endpoint {
     let certs = server.certs();
@@ -149,6 +147,8 @@ fn admin_endpoint(server: &TestServer) -> Endpoint {
         .unwrap()
 }
 
+/// Makes `calls` WhoAmI calls over mTLS, several at a time, and returns once
+/// every one of them has been answered.
 fn whoami_calls(server: &TestServer, calls: usize) {
     let endpoint = admin_endpoint(server);
     let runtime = tokio::runtime::Runtime::new().unwrap();
