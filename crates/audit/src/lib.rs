@@ -14,16 +14,21 @@
 //! tamperer with the file can drop the triggers; the chain is what detects that.
 //!
 //! # Group commit and durability
-//! [`AuditLog::append`] queues the record and resolves when the transaction holding it has been
-//! committed. A single writer thread takes whatever queued up while it was committing, writes it in
-//! one transaction and then acknowledges every record of that batch, so the cost of a commit is
-//! shared by all concurrent callers. With the default [`Durability::Full`] the database runs in WAL
-//! mode with `synchronous = FULL`: SQLite fsyncs the WAL at every commit, so an acknowledged record
-//! survives a kill -9 and a power cut. `synchronous = NORMAL` in WAL mode does not fsync at commit;
-//! it still survives a kill -9 (the data is in the kernel) but not a power cut, which is what
-//! [`Durability::ProcessCrash`] offers for hosts whose fsync is slow. A record whose `append` has
-//! not resolved yet may be lost to a kill -9; the tower layer must await `append` before it answers
-//! the call if the call must never happen unaudited.
+//! A single writer thread owns the database and commits records in groups: it takes whatever
+//! queued up while it was committing and writes it in one transaction, so the cost of a commit is
+//! shared by all concurrent callers. When [`AuditLog::append`] resolves depends on the
+//! [`Durability`]:
+//! - [`Durability::ProcessCrash`] (the server's default): the record is chained and written to
+//!   the journal (`<data_dir>/audit/journal-*.log`) with one `write` on the calling task, and acknowledged at once.
+//!   The writer commits journaled records later in batches of tens, with `synchronous = NORMAL`.
+//!   An acknowledged record survives a kill -9 (the kernel holds the journal's data, and the next
+//!   open commits what the segments miss), not a power cut.
+//! - [`Durability::Full`]: the append waits for the transaction holding it, and SQLite fsyncs the
+//!   WAL at every commit (`synchronous = FULL`), so an acknowledged record also survives a power
+//!   cut.
+//!
+//! A record whose `append` has not resolved yet may be lost to a kill -9; the tower layer must
+//! await `append` before it answers the call if the call must never happen unaudited.
 //!
 //! # Segments
 //! [`AuditLog::seal`] writes a seal row (last seq, record count, last hash) into the active segment
@@ -35,6 +40,7 @@
 #![forbid(unsafe_code)]
 
 mod error;
+mod journal;
 mod log;
 mod query;
 pub mod record;

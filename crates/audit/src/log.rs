@@ -11,13 +11,14 @@ use std::task::{Context as TaskContext, Poll};
 use std::thread::JoinHandle;
 
 use rusqlite::Connection;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::error::{
     AppendError, Context, OpenError, QueryError, SealError, StoreError, TryAppendError, VerifyError,
 };
+use crate::journal::{self, Journal, ROTATE_BYTES, UnplacedFrame};
 use crate::query::{Page, Query, Stats, StatsQuery, query_dir, stats_dir};
-use crate::record::{Anchor, ChainHash, Entry, chain_hash};
+use crate::record::{Anchor, ChainHash, Entry, chain_hash, chain_hash_of_bytes, decode_canonical};
 use crate::segment::{
     self, INSERT_RECORD, LOCK_FILE, SealRow, SegmentHeader, audit_dir, create_segment,
     finish_sealed, insert_record, is_writable, list_segments, open_reader, open_writer,
@@ -33,11 +34,13 @@ pub enum Durability {
     /// record survives a kill -9, a kernel crash and a power cut. Costs one fsync per batch.
     #[default]
     Full,
-    /// `synchronous = NORMAL`: the batch is written to the WAL (the kernel's page cache) but not
-    /// fsynced before the acknowledgement. An acknowledged record survives a kill -9 of the server,
-    /// because the kernel still holds and later writes the data, but the last batches can be lost
-    /// to a kernel crash or a power cut. The chain stays valid either way: SQLite only drops whole
-    /// transactions from the end of the WAL.
+    /// An append is chained and written to the journal (`journal-*.log` beside the segments) with one `write`
+    /// and acknowledged at once; the writer thread commits journaled records to the segment
+    /// later, in large batches, with `synchronous = NORMAL`. An acknowledged record survives a
+    /// kill -9 of the server, because the kernel holds the journal's data and the next open
+    /// commits what the segments miss. The last records can be lost to a kernel crash or a power
+    /// cut. The chain stays valid either way: a torn journal tail is an unacknowledged append,
+    /// and SQLite only drops whole transactions from the end of the WAL.
     ProcessCrash,
 }
 
@@ -107,16 +110,20 @@ struct Counters {
     largest_batch: AtomicU64,
     /// Set when a commit fails, cleared when one succeeds.
     failing: AtomicBool,
+    /// Set when writing to the journal fails, cleared when a write succeeds.
+    journal_failing: AtomicBool,
 }
 
-#[expect(
-    clippy::large_enum_variant,
-    reason = "appends are nearly every command, so boxing the entry would add an allocation per record to save space only for rare seals"
-)]
 enum Command {
     Append {
         entry: Entry,
         ack: oneshot::Sender<Result<u64, AppendError>>,
+    },
+    /// A record already chained, journaled and acknowledged, for the writer to commit.
+    Ingest {
+        record: Chained,
+        /// A journal file that this record completes: it can go once the record is committed.
+        retire: Option<PathBuf>,
     },
     Seal {
         ack: oneshot::Sender<Result<Option<SealedSegment>, SealError>>,
@@ -132,13 +139,27 @@ pub struct AuditLog {
     inner: Arc<Inner>,
 }
 
+/// A record with its place in the chain, as the journal holds it.
+struct Chained {
+    seq: u64,
+    entry: Entry,
+    prev: ChainHash,
+    hash: ChainHash,
+}
+
 #[derive(Debug)]
 struct Inner {
     data_dir: PathBuf,
     sender: Option<mpsc::Sender<Command>>,
     writer: Mutex<Option<JoinHandle<()>>>,
+    /// The last acknowledged record. With a journal, appends chain from it under the journal's
+    /// lock; without one, the writer moves it after each commit.
     head: Arc<Mutex<Anchor>>,
     counters: Arc<Counters>,
+    /// `Some` with [`Durability::ProcessCrash`]: the journal that appends write to.
+    journal: Option<Mutex<Journal>>,
+    /// The highest seq committed to a segment.
+    committed: watch::Receiver<u64>,
 }
 
 impl Drop for Inner {
@@ -154,6 +175,17 @@ impl Drop for Inner {
             // A panicked writer has already failed every pending append with `Closed`; there is
             // nothing more to report from a destructor.
             let _ = handle.join();
+        }
+        let head = self.head.lock().unwrap_or_else(PoisonError::into_inner).seq;
+        if let Some(journal) = self.journal.take()
+            && *self.committed.borrow() >= head
+        {
+            let journal = journal.into_inner().unwrap_or_else(PoisonError::into_inner);
+            // Every record of the journal is committed; a journal that stays behind is only read
+            // again and skipped by the next open.
+            if let Err(error) = fs::remove_file(journal.path()) {
+                tracing::warn!(%error, "cannot remove the committed audit journal");
+            }
         }
     }
 }
@@ -233,9 +265,14 @@ impl AuditLog {
         }));
         let counters = Arc::new(Counters::default());
         let (sender, receiver) = mpsc::channel(config.queue_capacity.max(1));
-        let writer = Writer {
+        let (committed_sender, committed) = watch::channel(head_seq);
+        let journaled = config.durability == Durability::ProcessCrash;
+        let mut writer = Writer {
             dir,
             full_sync,
+            journaled,
+            retired: Vec::new(),
+            committed: committed_sender,
             max_batch: config.max_batch.max(1),
             seal_every: config.seal_every_records,
             active: Some(Active {
@@ -250,6 +287,17 @@ impl AuditLog {
             counters: Arc::clone(&counters),
             _lock: lock,
         };
+        writer.recover_journals()?;
+        let head_seq = writer.head_seq;
+        *head.lock().unwrap_or_else(PoisonError::into_inner) = Anchor {
+            seq: head_seq,
+            hash: writer.head_hash,
+        };
+        let journal = if journaled {
+            Some(Mutex::new(Journal::create(&writer.dir, head_seq + 1)?))
+        } else {
+            None
+        };
         let handle = std::thread::Builder::new()
             .name("cordon-audit-writer".to_owned())
             .spawn(move || writer.run(receiver))
@@ -261,6 +309,8 @@ impl AuditLog {
                 writer: Mutex::new(Some(handle)),
                 head,
                 counters,
+                journal,
+                committed,
             }),
         })
     }
@@ -278,13 +328,20 @@ impl AuditLog {
         match self.try_append(entry) {
             Ok(appending) => appending.await,
             Err(TryAppendError::Full(entry)) => {
-                let (ack, done) = oneshot::channel();
                 let sender = self.sender().map_err(|()| AppendError::Closed)?;
+                if let Some(journal) = &self.inner.journal {
+                    let permit = sender.reserve().await.map_err(|_| AppendError::Closed)?;
+                    return self.journal_append(journal, permit, *entry);
+                }
+                let (ack, done) = oneshot::channel();
                 sender
                     .send(Command::Append { entry: *entry, ack })
                     .await
                     .map_err(|_| AppendError::Closed)?;
-                Appending { done }.await
+                Appending {
+                    state: AppendingState::Queued(done),
+                }
+                .await
             }
             Err(TryAppendError::Append(error)) => Err(error),
         }
@@ -297,14 +354,99 @@ impl AuditLog {
     pub fn try_append(&self, entry: Entry) -> Result<Appending, TryAppendError> {
         entry.validate().map_err(AppendError::from)?;
         let sender = self.sender().map_err(|()| AppendError::Closed)?;
+        if let Some(journal) = &self.inner.journal {
+            let permit = match sender.try_reserve() {
+                Ok(permit) => permit,
+                Err(mpsc::error::TrySendError::Full(())) => {
+                    return Err(TryAppendError::Full(Box::new(entry)));
+                }
+                Err(mpsc::error::TrySendError::Closed(())) => {
+                    return Err(AppendError::Closed.into());
+                }
+            };
+            let acked = self.journal_append(journal, permit, entry)?;
+            return Ok(Appending {
+                state: AppendingState::Acknowledged(Some(acked)),
+            });
+        }
         let (ack, done) = oneshot::channel();
         match sender.try_send(Command::Append { entry, ack }) {
-            Ok(()) => Ok(Appending { done }),
+            Ok(()) => Ok(Appending {
+                state: AppendingState::Queued(done),
+            }),
             Err(mpsc::error::TrySendError::Full(Command::Append { entry, .. })) => {
                 Err(TryAppendError::Full(Box::new(entry)))
             }
             Err(_) => Err(AppendError::Closed.into()),
         }
+    }
+
+    /// Chains `entry` to the head, writes it to the journal and hands it to the writer, all under
+    /// the journal's lock, so that the journal, the writer's queue and the head agree on the order.
+    fn journal_append(
+        &self,
+        journal: &Mutex<Journal>,
+        permit: mpsc::Permit<'_, Command>,
+        entry: Entry,
+    ) -> Result<u64, AppendError> {
+        let mut frame = UnplacedFrame::new(&entry);
+        let mut journal = journal.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut head = self
+            .inner
+            .head
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        let seq = head.seq + 1;
+        let failing = &self.inner.counters.journal_failing;
+        let hash = match journal.write(&mut frame, seq, &head.hash) {
+            Ok(hash) => hash,
+            Err(error) => {
+                failing.store(true, Ordering::Relaxed);
+                return Err(AppendError::Store(Arc::new(error)));
+            }
+        };
+        failing.store(false, Ordering::Relaxed);
+        let retire = if journal.len() >= ROTATE_BYTES {
+            let dir = journal
+                .path()
+                .parent()
+                .unwrap_or(Path::new(""))
+                .to_path_buf();
+            match Journal::create(&dir, seq + 1) {
+                Ok(next) => Some(std::mem::replace(&mut *journal, next).path().to_path_buf()),
+                Err(error) => {
+                    // The current file takes the next records, and the next append tries again.
+                    tracing::warn!(%error, "cannot start the next audit journal file");
+                    None
+                }
+            }
+        } else {
+            None
+        };
+        let prev = head.hash;
+        *head = Anchor { seq, hash };
+        permit.send(Command::Ingest {
+            record: Chained {
+                seq,
+                entry,
+                prev,
+                hash,
+            },
+            retire,
+        });
+        Ok(seq)
+    }
+
+    /// With a journal, waits (briefly) until the writer has committed every record acknowledged
+    /// before this call, so that a query sees the caller's own records.
+    async fn catch_up(&self) {
+        if self.inner.journal.is_none() || self.is_failing() {
+            return;
+        }
+        let target = self.head().seq;
+        let mut committed = self.inner.committed.clone();
+        // A writer that cannot commit must not hang queries: they then show what is committed.
+        let _ = tokio::time::timeout(CATCH_UP_WAIT, committed.wait_for(|seq| *seq >= target)).await;
     }
 
     /// Seals the active segment after everything appended before this call, and starts the next
@@ -346,6 +488,7 @@ impl AuditLog {
     /// the records of its refusals: they are what finds out that the log works again.
     pub fn is_failing(&self) -> bool {
         self.inner.counters.failing.load(Ordering::Relaxed)
+            || self.inner.counters.journal_failing.load(Ordering::Relaxed)
             || self.sender().map_or(true, mpsc::Sender::is_closed)
     }
 
@@ -356,6 +499,7 @@ impl AuditLog {
 
     /// [`query_dir`] on a blocking thread.
     pub async fn query(&self, query: Query) -> Result<Page, QueryError> {
+        self.catch_up().await;
         let dir = self.inner.data_dir.clone();
         tokio::task::spawn_blocking(move || query_dir(&dir, &query))
             .await
@@ -364,6 +508,7 @@ impl AuditLog {
 
     /// [`stats_dir`] on a blocking thread.
     pub async fn stats(&self, query: StatsQuery) -> Result<Stats, QueryError> {
+        self.catch_up().await;
         let dir = self.inner.data_dir.clone();
         tokio::task::spawn_blocking(move || stats_dir(&dir, &query))
             .await
@@ -380,20 +525,32 @@ impl AuditLog {
     }
 }
 
-/// A queued record: resolves with its seq once the transaction holding it is committed.
+/// A queued record: resolves with its seq once the record is acknowledged with the configured
+/// [`Durability`].
 #[derive(Debug)]
 #[must_use = "a record is only known to be committed once this resolves"]
 pub struct Appending {
-    done: oneshot::Receiver<Result<u64, AppendError>>,
+    state: AppendingState,
+}
+
+#[derive(Debug)]
+enum AppendingState {
+    /// Waiting for the writer's commit.
+    Queued(oneshot::Receiver<Result<u64, AppendError>>),
+    /// Already in the journal; `None` once the seq has been handed out.
+    Acknowledged(Option<u64>),
 }
 
 impl Future for Appending {
     type Output = Result<u64, AppendError>;
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<Self::Output> {
-        Pin::new(&mut self.done)
-            .poll(cx)
-            .map(|acked| acked.unwrap_or(Err(AppendError::Closed)))
+        match &mut self.state {
+            AppendingState::Queued(done) => Pin::new(done)
+                .poll(cx)
+                .map(|acked| acked.unwrap_or(Err(AppendError::Closed))),
+            AppendingState::Acknowledged(seq) => Poll::Ready(seq.take().ok_or(AppendError::Closed)),
+        }
     }
 }
 
@@ -415,10 +572,16 @@ struct Active {
 }
 
 /// State owned by the writer thread. Only this thread writes to the database, so `head_seq` and
-/// `head_hash` are the truth and no read-modify-write race can fork the chain.
+/// `head_hash` are the truth about the segments and no read-modify-write race can fork the chain.
 struct Writer {
     dir: PathBuf,
     full_sync: bool,
+    /// Appends arrive chained and acknowledged through the journal ([`Command::Ingest`]).
+    journaled: bool,
+    /// Journal files whose last record is the seq given: each is deleted once that is committed.
+    retired: Vec<(u64, PathBuf)>,
+    /// Told the head seq after each commit.
+    committed: watch::Sender<u64>,
     max_batch: usize,
     /// See [`Config::seal_every_records`].
     seal_every: u64,
@@ -437,20 +600,57 @@ struct Writer {
 /// one fsync.
 const LINGER: std::time::Duration = std::time::Duration::from_micros(100);
 
-type PendingAppend = (Entry, oneshot::Sender<Result<u64, AppendError>>);
+/// How long the writer gathers journaled records before it commits them. Nobody waits for these
+/// commits, so a long wait costs no latency; it makes batches of tens of records, which divides
+/// the cost of a commit (WAL frames, wal-index, checkpoints) among them.
+const JOURNAL_LINGER: std::time::Duration = std::time::Duration::from_millis(3);
+
+/// The pause before a failed commit of journaled records is tried again.
+const RETRY_PAUSE: std::time::Duration = std::time::Duration::from_millis(100);
+
+/// Longest a query waits for the writer to commit the records acknowledged before it.
+const CATCH_UP_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// A record waiting for the writer's next commit.
+enum Pending {
+    /// Acknowledged by that commit ([`Durability::Full`]).
+    Waiting(Entry, oneshot::Sender<Result<u64, AppendError>>),
+    /// Already acknowledged through the journal; the commit only stores it.
+    Journaled(Chained),
+}
 
 impl Writer {
     fn run(mut self, mut receiver: mpsc::Receiver<Command>) {
         let mut commands = Vec::with_capacity(self.max_batch);
-        let mut appends: Vec<PendingAppend> = Vec::with_capacity(self.max_batch);
-        while let Some(first) = receiver.blocking_recv() {
-            // Everything that queued up during the previous commit goes into this one: that is
-            // the group commit.
-            commands.push(first);
-            self.gather(&mut receiver, &mut commands);
+        let mut appends: Vec<Pending> = Vec::with_capacity(self.max_batch);
+        loop {
+            if appends.is_empty() {
+                let Some(first) = receiver.blocking_recv() else {
+                    break;
+                };
+                // Everything that queued up during the previous commit goes into this one: that
+                // is the group commit.
+                commands.push(first);
+                self.gather(&mut receiver, &mut commands);
+            } else {
+                // Journaled records whose commit failed are acknowledged already: they stay
+                // queued, with whatever arrives meanwhile, until a commit succeeds. A log that is
+                // shut down while failing leaves them in the journal for the next open.
+                std::thread::sleep(RETRY_PAUSE);
+                if !drain(&mut receiver, &mut commands, usize::MAX) && commands.is_empty() {
+                    self.commit(&mut appends);
+                    break;
+                }
+            }
             for command in commands.drain(..) {
                 match command {
-                    Command::Append { entry, ack } => appends.push((entry, ack)),
+                    Command::Append { entry, ack } => appends.push(Pending::Waiting(entry, ack)),
+                    Command::Ingest { record, retire } => {
+                        if let Some(path) = retire {
+                            self.retired.push((record.seq, path));
+                        }
+                        appends.push(Pending::Journaled(record));
+                    }
                     Command::Seal { ack } => {
                         self.commit(&mut appends);
                         // The caller may have gone away; the seal stands regardless.
@@ -460,6 +660,78 @@ impl Writer {
             }
             self.commit(&mut appends);
         }
+    }
+
+    /// Commits, before the log takes appends, the journaled records that a crash left out of the
+    /// segments, and deletes the journal files. Refuses to open a journal whose records do not
+    /// continue the chain: those were acknowledged, so silently dropping them would lose them.
+    fn recover_journals(&mut self) -> Result<(), StoreError> {
+        let journals = journal::list_journals(&self.dir)?;
+        let mut recovered = Vec::new();
+        let (mut seq, mut prev) = (self.head_seq, self.head_hash);
+        for (_, path) in &journals {
+            let Some(contents) = journal::read_journal(path)? else {
+                continue;
+            };
+            let damaged = |reason: String| StoreError::Corrupt {
+                path: path.clone(),
+                reason,
+            };
+            for frame in contents.frames {
+                if frame.seq <= seq {
+                    continue;
+                }
+                if frame.seq != seq + 1 {
+                    return Err(damaged(format!(
+                        "journal record {} follows record {seq}",
+                        frame.seq
+                    )));
+                }
+                if chain_hash_of_bytes(&prev, &frame.canonical) != frame.hash {
+                    return Err(damaged(format!(
+                        "journal record {} does not match its hash",
+                        frame.seq
+                    )));
+                }
+                let (_, entry) = decode_canonical(&frame.canonical)
+                    .map_err(|reason| damaged(format!("journal record {}: {reason}", frame.seq)))?;
+                recovered.push(Chained {
+                    seq: frame.seq,
+                    entry,
+                    prev,
+                    hash: frame.hash,
+                });
+                seq = frame.seq;
+                prev = frame.hash;
+            }
+            if let Some(reason) = contents.damage {
+                return Err(damaged(reason));
+            }
+        }
+        if !recovered.is_empty() {
+            tracing::info!(
+                records = recovered.len(),
+                "committing audit records recovered from the journal"
+            );
+        }
+        let mut batch = Vec::with_capacity(self.max_batch);
+        let mut records = recovered.into_iter().peekable();
+        while records.peek().is_some() {
+            batch.extend(
+                records
+                    .by_ref()
+                    .take(self.max_batch)
+                    .map(Pending::Journaled),
+            );
+            let before = self.head_seq;
+            self.write_batch(&batch)?;
+            batch.clear();
+            self.seal_if_due(before);
+        }
+        for (_, path) in &journals {
+            fs::remove_file(path).at(path)?;
+        }
+        Ok(())
     }
 
     /// Seals after a commit whose records reached a multiple of `seal_every`, once the batch is
@@ -479,28 +751,29 @@ impl Writer {
         }
     }
 
-    /// Adds to `commands` what is queued now and, when that is more than one command (appends
-    /// are arriving concurrently), what arrives during one short wait of [`LINGER`]: the
+    /// Adds to `commands` what is queued now and then, for journaled appends, what arrives during
+    /// [`JOURNAL_LINGER`]. For appends that wait for the commit, it waits one short [`LINGER`]
+    /// only when more than one command is queued (appends are arriving concurrently): the
     /// appenders acknowledged by the previous commit are still being scheduled, and without the
-    /// wait a commit would take only the first few of them and the rest would pay for a
-    /// separate fsync. A lone command is committed at once, so an idle log adds no latency.
-    /// One wait rather than several short ones, because each wait is two context switches:
-    /// polling in 20 µs steps cost the audited server 3 to 13% of its calls per second.
+    /// wait a commit would take only the first few of them and the rest would pay for a separate
+    /// fsync. A lone command is committed at once, so an idle log adds no latency. One wait
+    /// rather than several short ones, because each wait is two context switches: polling in
+    /// 20 µs steps cost the audited server 3 to 13% of its calls per second.
     fn gather(&self, receiver: &mut mpsc::Receiver<Command>, commands: &mut Vec<Command>) {
-        let drain = |receiver: &mut mpsc::Receiver<Command>, commands: &mut Vec<Command>| {
-            while commands.len() < self.max_batch {
-                match receiver.try_recv() {
-                    Ok(command) => commands.push(command),
-                    Err(_) => break,
-                }
-            }
+        drain(receiver, commands, self.max_batch);
+        let sealing = commands.iter().any(|c| matches!(c, Command::Seal { .. }));
+        let linger = if self.journaled {
+            JOURNAL_LINGER
+        } else if commands.len() >= 2 {
+            LINGER
+        } else {
+            return;
         };
-        drain(receiver, commands);
-        if commands.len() < 2 || commands.len() >= self.max_batch {
+        if sealing || commands.len() >= self.max_batch {
             return;
         }
-        std::thread::sleep(LINGER);
-        drain(receiver, commands);
+        std::thread::sleep(linger);
+        drain(receiver, commands, self.max_batch);
     }
 
     fn ensure_active(&mut self) -> Result<&mut Active, StoreError> {
@@ -518,7 +791,7 @@ impl Writer {
         Ok(self.active.as_mut().unwrap_or_else(|| unreachable!()))
     }
 
-    fn commit(&mut self, appends: &mut Vec<PendingAppend>) {
+    fn commit(&mut self, appends: &mut Vec<Pending>) {
         if appends.is_empty() {
             return;
         }
@@ -531,25 +804,51 @@ impl Writer {
                 self.counters
                     .largest_batch
                     .fetch_max(count, Ordering::Relaxed);
-                for (offset, (_, ack)) in (0u64..).zip(appends.drain(..)) {
-                    // A caller that stopped waiting still has its record committed.
-                    let _ = ack.send(Ok(first_seq + offset));
+                for (offset, pending) in (0u64..).zip(appends.drain(..)) {
+                    if let Pending::Waiting(_, ack) = pending {
+                        // A caller that stopped waiting still has its record committed.
+                        let _ = ack.send(Ok(first_seq + offset));
+                    }
                 }
+                self.remove_retired_journals();
+                self.committed.send_replace(self.head_seq);
                 self.seal_if_due(first_seq - 1);
             }
             Err(error) => {
                 self.counters.failing.store(true, Ordering::Relaxed);
+                tracing::error!(%error, "committing audit records failed");
                 let error = Arc::new(error);
-                for (_, ack) in appends.drain(..) {
-                    let _ = ack.send(Err(AppendError::Store(Arc::clone(&error))));
+                // Journaled records stay for the retry; waiting appenders learn of the failure.
+                let mut kept = Vec::new();
+                for pending in appends.drain(..) {
+                    match pending {
+                        Pending::Journaled(record) => kept.push(Pending::Journaled(record)),
+                        Pending::Waiting(_, ack) => {
+                            let _ = ack.send(Err(AppendError::Store(Arc::clone(&error))));
+                        }
+                    }
                 }
+                *appends = kept;
             }
         }
     }
 
-    /// Writes the batch in one transaction; the in-memory head moves only once it is committed,
-    /// so a failed batch leaves no gap in the chain.
-    fn write_batch(&mut self, appends: &[PendingAppend]) -> Result<u64, StoreError> {
+    fn remove_retired_journals(&mut self) {
+        let head_seq = self.head_seq;
+        self.retired.retain(|(last_seq, path)| {
+            if *last_seq > head_seq {
+                return true;
+            }
+            if let Err(error) = fs::remove_file(path) {
+                tracing::warn!(%error, path = %path.display(), "cannot remove a committed audit journal");
+            }
+            false
+        });
+    }
+
+    /// Writes the batch in one transaction; the head moves only once it is committed, so a failed
+    /// batch leaves no gap in the chain.
+    fn write_batch(&mut self, appends: &[Pending]) -> Result<u64, StoreError> {
         let mut seq = self.head_seq;
         let mut prev = self.head_hash;
         let active = self.ensure_active()?;
@@ -557,9 +856,23 @@ impl Writer {
         let tx = active.conn.transaction().at(&path)?;
         {
             let mut stmt = tx.prepare_cached(INSERT_RECORD).at(&path)?;
-            for (entry, _) in appends.iter() {
+            for pending in appends {
                 seq += 1;
-                let hash = chain_hash(&prev, seq, entry);
+                let (entry, hash) = match pending {
+                    Pending::Waiting(entry, _) => (entry, chain_hash(&prev, seq, entry)),
+                    Pending::Journaled(record) => {
+                        if record.seq != seq || record.prev != prev {
+                            return Err(StoreError::Corrupt {
+                                path,
+                                reason: format!(
+                                    "journaled record {} does not continue the chain at {seq}",
+                                    record.seq
+                                ),
+                            });
+                        }
+                        (&record.entry, record.hash)
+                    }
+                };
                 insert_record(&mut stmt, seq, entry, &prev, &hash).at(&path)?;
                 prev = hash;
             }
@@ -568,10 +881,12 @@ impl Writer {
         let first = self.head_seq + 1;
         self.head_seq = seq;
         self.head_hash = prev;
-        *self
-            .shared_head
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner) = Anchor { seq, hash: prev };
+        if !self.journaled {
+            *self
+                .shared_head
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner) = Anchor { seq, hash: prev };
+        }
         Ok(first)
     }
 
@@ -599,4 +914,20 @@ impl Writer {
             last_hash: head_hash,
         }))
     }
+}
+
+/// Moves queued commands into `commands` until `limit`; false once the queue is closed and empty.
+fn drain(
+    receiver: &mut mpsc::Receiver<Command>,
+    commands: &mut Vec<Command>,
+    limit: usize,
+) -> bool {
+    while commands.len() < limit {
+        match receiver.try_recv() {
+            Ok(command) => commands.push(command),
+            Err(mpsc::error::TryRecvError::Empty) => return true,
+            Err(mpsc::error::TryRecvError::Disconnected) => return false,
+        }
+    }
+    true
 }

@@ -220,6 +220,13 @@ impl Entry {
 
     /// The canonical encoding of this entry stored at `seq` (see the module documentation).
     pub fn canonical_bytes(&self, seq: u64) -> Vec<u8> {
+        let mut out = Vec::with_capacity(128 + self.summary.len() + self.method.len());
+        self.encode_into(seq, &mut out);
+        out
+    }
+
+    /// Appends the canonical encoding to `out`; the seq is the 8 bytes after the first.
+    pub(crate) fn encode_into(&self, seq: u64, out: &mut Vec<u8>) {
         fn put_str(out: &mut Vec<u8>, value: &str) {
             // SQLite caps strings at 1e9 bytes, so the conversion cannot fail for anything read
             // from a segment; saturating keeps this function total instead of panicking.
@@ -227,33 +234,112 @@ impl Entry {
             out.extend_from_slice(&len.to_be_bytes());
             out.extend_from_slice(value.as_bytes());
         }
-        let mut out = Vec::with_capacity(128 + self.summary.len() + self.method.len());
         out.push(ENCODING_VERSION);
         out.extend_from_slice(&seq.to_be_bytes());
         out.extend_from_slice(&self.time_unix_ms.to_be_bytes());
-        put_str(&mut out, &self.identity);
-        put_str(&mut out, &self.auth_method);
-        put_str(&mut out, &self.method);
-        put_str(&mut out, &self.tool);
-        put_str(&mut out, &self.request_sha256);
-        put_str(&mut out, &self.status);
-        put_str(&mut out, &self.summary);
+        put_str(out, &self.identity);
+        put_str(out, &self.auth_method);
+        put_str(out, &self.method);
+        put_str(out, &self.tool);
+        put_str(out, &self.request_sha256);
+        put_str(out, &self.status);
+        put_str(out, &self.summary);
         out.extend_from_slice(&self.duration_us.to_be_bytes());
-        put_str(&mut out, &self.peer);
+        put_str(out, &self.peer);
         out.push(u8::from(self.sandboxed));
         out.push(u8::from(self.rate_limited));
-        put_str(&mut out, &self.trust_level);
-        put_str(&mut out, self.kind.as_str());
-        out
+        put_str(out, &self.trust_level);
+        put_str(out, self.kind.as_str());
     }
+}
+
+/// Reads back what [`Entry::canonical_bytes`] wrote: the seq and the entry. The journal stores
+/// records in this form, so the bytes that are hashed are exactly the bytes that are kept.
+pub(crate) fn decode_canonical(bytes: &[u8]) -> Result<(u64, Entry), String> {
+    struct Reader<'a>(&'a [u8]);
+    impl<'a> Reader<'a> {
+        fn take(&mut self, n: usize, what: &str) -> Result<&'a [u8], String> {
+            if self.0.len() < n {
+                return Err(format!("{what} is cut short"));
+            }
+            let (head, rest) = self.0.split_at(n);
+            self.0 = rest;
+            Ok(head)
+        }
+        fn u64(&mut self, what: &str) -> Result<u64, String> {
+            let mut out = [0u8; 8];
+            out.copy_from_slice(self.take(8, what)?);
+            Ok(u64::from_be_bytes(out))
+        }
+        fn flag(&mut self, what: &str) -> Result<bool, String> {
+            match self.take(1, what)? {
+                [0] => Ok(false),
+                [1] => Ok(true),
+                _ => Err(format!("{what} is neither 0 nor 1")),
+            }
+        }
+        fn string(&mut self, what: &str) -> Result<String, String> {
+            let mut len = [0u8; 4];
+            len.copy_from_slice(self.take(4, what)?);
+            let len = usize::try_from(u32::from_be_bytes(len)).map_err(|e| e.to_string())?;
+            let raw = self.take(len, what)?;
+            String::from_utf8(raw.to_vec()).map_err(|_| format!("{what} is not UTF-8"))
+        }
+    }
+    let mut r = Reader(bytes);
+    if r.take(1, "format")? != [ENCODING_VERSION] {
+        return Err("unknown encoding version".to_owned());
+    }
+    let seq = r.u64("seq")?;
+    let time_unix_ms = i64::from_be_bytes(r.u64("time_unix_ms")?.to_be_bytes());
+    let identity = r.string("identity")?;
+    let auth_method = r.string("auth_method")?;
+    let method = r.string("method")?;
+    let tool = r.string("tool")?;
+    let request_sha256 = r.string("request_sha256")?;
+    let status = r.string("status")?;
+    let summary = r.string("summary")?;
+    let duration_us = r.u64("duration_us")?;
+    let peer = r.string("peer")?;
+    let sandboxed = r.flag("sandboxed")?;
+    let rate_limited = r.flag("rate_limited")?;
+    let trust_level = r.string("trust_level")?;
+    let kind = r.string("kind")?;
+    let kind = Kind::parse(&kind).ok_or_else(|| format!("unknown kind {kind:?}"))?;
+    if !r.0.is_empty() {
+        return Err("bytes follow the last field".to_owned());
+    }
+    let entry = Entry {
+        time_unix_ms,
+        identity,
+        auth_method,
+        method,
+        tool,
+        request_sha256,
+        status,
+        summary,
+        duration_us,
+        peer,
+        sandboxed,
+        rate_limited,
+        trust_level,
+        kind,
+    };
+    entry.validate().map_err(|e| e.to_string())?;
+    Ok((seq, entry))
+}
+
+/// `SHA-256(prev || canonical)`, for callers that already hold the canonical bytes.
+pub(crate) fn chain_hash_of_bytes(prev: &ChainHash, canonical: &[u8]) -> ChainHash {
+    let mut hasher = Sha256::new();
+    hasher.update(prev.0);
+    hasher.update(canonical);
+    ChainHash(hasher.finalize().into())
 }
 
 /// `SHA-256(prev || entry.canonical_bytes(seq))`: the hash stored with the record at `seq`.
 pub fn chain_hash(prev: &ChainHash, seq: u64, entry: &Entry) -> ChainHash {
-    let mut hasher = Sha256::new();
-    hasher.update(prev.0);
-    hasher.update(entry.canonical_bytes(seq));
-    ChainHash(hasher.finalize().into())
+    chain_hash_of_bytes(prev, &entry.canonical_bytes(seq))
 }
 
 /// A record as stored: its content plus its place in the chain.

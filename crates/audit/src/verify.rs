@@ -3,7 +3,8 @@
 use std::path::Path;
 
 use crate::error::VerifyError;
-use crate::record::{Anchor, ChainHash, chain_hash};
+use crate::journal::{Contents, list_journals, read_journal};
+use crate::record::{Anchor, ChainHash, chain_hash, chain_hash_of_bytes, decode_canonical};
 use crate::segment::{
     RECORD_COLUMNS, audit_dir, decode_record, list_segments, open_reader, read_header, read_seal,
 };
@@ -61,7 +62,10 @@ struct Walk {
 ///   names its predecessor, so the first moved record breaks the link;
 /// - a truncated tail of a sealed segment: its seal row records the last seq, the count and the
 ///   last hash, and the next segment's genesis prev_hash repeats that hash;
-/// - a missing, renamed or unsealed middle segment.
+/// - a missing, renamed or unsealed middle segment;
+/// - an edited, reordered or damaged record in a journal file (see [`crate::Durability`]). The
+///   walk continues from the segments into the journal's records that no segment holds yet, so a
+///   log left by a kill -9 verifies with every acknowledged record.
 ///
 /// What it cannot detect from the files alone: removing records from the end of the active
 /// segment (or whole trailing segments), or rewriting the whole history with recomputed hashes.
@@ -86,6 +90,15 @@ fn verify(data_dir: &Path, anchor: Option<&Anchor>) -> Result<VerifyReport, Veri
     if !dir.is_dir() {
         return Err(VerifyError::NotFound(dir));
     }
+    // Journals are read before the segments: the writer deletes a journal only once its records
+    // are committed, so each record of a journal read here is either in the segments read next
+    // or still in these bytes.
+    let mut journals = Vec::new();
+    for (_, path) in list_journals(&dir)? {
+        if let Some(contents) = read_journal(&path)? {
+            journals.push((path, contents));
+        }
+    }
     let segments = list_segments(&dir)?;
     let mut walk = Walk {
         expected: 1,
@@ -94,10 +107,12 @@ fn verify(data_dir: &Path, anchor: Option<&Anchor>) -> Result<VerifyReport, Veri
         anchor_seq: anchor.map_or(0, |a| a.seq),
         anchor_hash: None,
     };
-    let outcome = walk_all(&segments, &mut walk).and_then(|()| match anchor {
-        Some(anchor) => check_anchor(anchor, &walk),
-        None => Ok(()),
-    });
+    let outcome = walk_all(&segments, &mut walk)
+        .and_then(|()| walk_journals(&journals, &mut walk))
+        .and_then(|()| match anchor {
+            Some(anchor) => check_anchor(anchor, &walk),
+            None => Ok(()),
+        });
     let (first_bad_seq, reason) = match outcome {
         Ok(()) => (None, None),
         Err(failure) => (Some(failure.seq), Some(failure.reason)),
@@ -272,6 +287,62 @@ fn walk_segment(path: &Path, number: u32, is_last: bool, walk: &mut Walk) -> Res
         ),
         None => Ok(()),
     }
+}
+
+fn walk_journals(
+    journals: &[(std::path::PathBuf, Contents)],
+    walk: &mut Walk,
+) -> Result<(), Failure> {
+    for (path, contents) in journals {
+        let name = path.file_name().unwrap_or_default().to_string_lossy();
+        for frame in &contents.frames {
+            let seq = frame.seq;
+            if seq < walk.expected {
+                continue;
+            }
+            if seq > walk.expected {
+                return fail(
+                    walk.expected,
+                    format!(
+                        "record {} is missing (journal {name} continues at record {seq})",
+                        walk.expected
+                    ),
+                );
+            }
+            let hash = chain_hash_of_bytes(&walk.running, &frame.canonical);
+            if hash != frame.hash {
+                return fail(
+                    seq,
+                    format!(
+                        "journal record {seq} in {name} was modified or does not link to record {}",
+                        seq - 1
+                    ),
+                );
+            }
+            if let Err(reason) = decode_canonical(&frame.canonical) {
+                return fail(
+                    seq,
+                    format!("journal record {seq} in {name} cannot be decoded: {reason}"),
+                );
+            }
+            if seq == walk.anchor_seq {
+                walk.anchor_hash = Some(hash);
+            }
+            walk.running = hash;
+            walk.expected += 1;
+            walk.checked += 1;
+        }
+        if let Some(reason) = &contents.damage {
+            return fail(
+                walk.expected,
+                format!(
+                    "journal {name} is damaged after record {}: {reason}",
+                    walk.expected - 1
+                ),
+            );
+        }
+    }
+    Ok(())
 }
 
 fn check_anchor(anchor: &Anchor, walk: &Walk) -> Result<(), Failure> {

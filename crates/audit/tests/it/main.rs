@@ -4,6 +4,7 @@ mod chain;
 mod common;
 mod concurrency;
 mod durability;
+mod journal;
 mod query;
 mod segments;
 mod tamper;

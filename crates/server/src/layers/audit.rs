@@ -13,9 +13,11 @@
 //! body is complete when the service returns it (a unary call), before the
 //! response is returned; for a stream, before its trailers frame is passed
 //! on. A client that saw a call complete therefore knows its record is
-//! committed, and a kill -9 of the server cannot lose it. The cost is one
-//! group commit of latency per call; throughput is shared across concurrent
-//! calls by the log's group commit. If the append itself fails (a full disk,
+//! acknowledged, and a kill -9 of the server cannot lose it. With the default
+//! `durability = "process_crash"` the acknowledgement comes as soon as the
+//! record is in the log's journal, with one `write` on the calling task; with
+//! `"full"` it waits for a group commit and its fsync, whose cost is shared
+//! across concurrent calls. If the append itself fails (a full disk,
 //! say) the call's answer is kept, the failure is logged and counted in
 //! `cordon_audit_append_failures_total`: the call has already taken effect,
 //! and changing its status afterwards would tell the client something false.
@@ -68,8 +70,10 @@ pub(crate) struct AuditConfig {
     /// Record every call in `<data_dir>/audit`. Turning it off leaves the
     /// server without an audit trail; it exists for benchmarks and tests.
     pub(crate) enabled: bool,
-    /// What an acknowledged record survives: "full" (kill -9 and power cut,
-    /// one fsync per group commit) or "process_crash" (kill -9 only).
+    /// What an acknowledged record survives: "process_crash" (kill -9: the
+    /// record is in the journal, in the kernel's page cache, before the
+    /// answer) or "full" (also a power cut: one fsync per group commit,
+    /// which the answer waits for).
     pub(crate) durability: AuditDurability,
     /// Seal the active segment and start a new one after the commit that
     /// reaches a seq that is a multiple of this; 0 never seals.
@@ -82,7 +86,10 @@ impl Default for AuditConfig {
     fn default() -> Self {
         Self {
             enabled: true,
-            durability: AuditDurability::Full,
+            // The durability (an acknowledged record survives a kill -9)
+            // at a fraction of the cost of an fsync per group commit; see
+            // SECURITY.md for when to choose "full".
+            durability: AuditDurability::ProcessCrash,
             seal_every_records: 1_000_000,
             on_failure: AuditOnFailure::Refuse,
         }

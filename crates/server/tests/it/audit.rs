@@ -171,7 +171,11 @@ fn whoami_calls(server: &TestServer, calls: usize) {
     });
 }
 
+/// Opens and closes the log in `data_dir` as the next server start would,
+/// which commits the records that a kill -9 left only in the journal, then
+/// counts the recorded WhoAmI calls.
 fn whoami_records(data_dir: &Path) -> usize {
+    recover(data_dir);
     let mut query = audit::Query {
         method: Some(WHOAMI.to_owned()),
         page_size: audit::MAX_PAGE_SIZE,
@@ -186,6 +190,10 @@ fn whoami_records(data_dir: &Path) -> usize {
             None => return count,
         }
     }
+}
+
+fn recover(data_dir: &Path) {
+    drop(audit::AuditLog::open(audit::Config::new(data_dir)).expect("open the audit log"));
 }
 
 fn cordon_audit(args: &[&str], data_dir: &Path) -> std::process::Output {
@@ -204,6 +212,12 @@ fn acknowledged_records_survive_kill_9_restarts_and_seals_and_tampering_is_caugh
     let server = TestServer::start(config);
     whoami_calls(&server, 100);
     let dir = kill_9(server);
+    let report = audit::verify_dir(dir.path()).unwrap();
+    assert!(
+        report.ok,
+        "the files as the kill left them verify: {report:?}"
+    );
+    assert!(report.head.seq >= 100, "{report:?}");
     assert_eq!(
         whoami_records(dir.path()),
         100,
@@ -373,24 +387,53 @@ fn repair_audit_directory(data_dir: &Path, away: &Path) {
 
 #[test]
 fn while_the_audit_log_fails_calls_are_refused_and_healthz_says_so() {
+    refused_while_failing("process_crash");
+}
+
+#[test]
+fn with_full_durability_calls_are_refused_while_the_log_fails() {
+    refused_while_failing("full");
+}
+
+/// Calls `caller` until `done` says yes about the latest answer, or fails the test after a while,
+/// and returns every answer.
+fn call_until(caller: &mut Caller, done: impl Fn(tonic::Code) -> bool) -> Vec<tonic::Code> {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let mut codes = Vec::new();
+    loop {
+        let code = caller.call();
+        codes.push(code);
+        if done(code) {
+            return codes;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no change in time: {codes:?}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+}
+
+fn refused_while_failing(durability: &str) {
     // Segments are sealed every 4 records: once the directory is broken, the
     // next seal fails, and so does every commit after it.
-    let config = "[ops]\nlisten = \"127.0.0.1:0\"\n\
-                  [audit]\ndurability = \"process_crash\"\nseal_every_records = 4\n";
-    let server = TestServer::start(config);
+    let config = format!(
+        "[ops]\nlisten = \"127.0.0.1:0\"\n\
+         [audit]\ndurability = \"{durability}\"\nseal_every_records = 4\n"
+    );
+    let server = TestServer::start(&config);
     let ops = ops_address(&server);
     let mut caller = Caller::new(&server);
     assert_eq!(caller.call(), tonic::Code::Ok);
     assert_eq!(ops_get(&ops, "/healthz"), (200, "ok\n".to_owned()));
 
     let away = break_audit_directory(server.dir.path());
-    // The call whose commit fails has already taken effect and keeps its
-    // answer; the calls after it are refused before they take effect.
-    let codes: Vec<tonic::Code> = (0..12).map(|_| caller.call()).collect();
-    let first_refused = codes
-        .iter()
-        .position(|code| *code == tonic::Code::Unavailable)
-        .unwrap_or_else(|| panic!("no call was refused: {codes:?}"));
+    // Calls whose records were acknowledged before the log failed have
+    // taken effect and keep their answers; once it fails, calls are refused
+    // before they take effect, for as long as it fails.
+    let mut codes = call_until(&mut caller, |code| code == tonic::Code::Unavailable);
+    codes.extend((0..4).map(|_| caller.call()));
+    let first_refused = codes.len() - 5;
     assert!(
         codes[..first_refused].iter().all(|c| *c == tonic::Code::Ok)
             && codes[first_refused..]
@@ -398,23 +441,29 @@ fn while_the_audit_log_fails_calls_are_refused_and_healthz_says_so() {
                 .all(|c| *c == tonic::Code::Unavailable),
         "answered until the log failed, refused after: {codes:?}"
     );
-    assert!(first_refused <= 6, "refused within one seal: {codes:?}");
     assert_eq!(
         ops_get(&ops, "/healthz"),
         (503, "audit log failing\n".to_owned())
     );
 
-    // The refusals' own records find out that the log works again: the
-    // first may still be refused, the next is served.
+    // The log's retries and the refusals' own records find out that it
+    // works again.
     repair_audit_directory(server.dir.path(), &away);
-    let codes: Vec<tonic::Code> = (0..2).map(|_| caller.call()).collect();
-    assert_eq!(codes[1], tonic::Code::Ok, "served again: {codes:?}");
+    let codes = call_until(&mut caller, |code| code == tonic::Code::Ok);
+    assert!(
+        codes[..codes.len() - 1]
+            .iter()
+            .all(|c| *c == tonic::Code::Unavailable),
+        "{codes:?}"
+    );
+    assert_eq!(caller.call(), tonic::Code::Ok, "served again");
     assert_eq!(ops_get(&ops, "/healthz"), (200, "ok\n".to_owned()));
     drop(caller);
 
     let dir = kill_9(server);
     let report = audit::verify_dir(dir.path()).unwrap();
     assert!(report.ok, "the chain survives the failure: {report:?}");
+    recover(dir.path());
     let records = audit::query_dir(
         dir.path(),
         &audit::Query {
@@ -442,10 +491,19 @@ fn with_on_failure_serve_calls_are_answered_while_the_log_fails() {
     let ops = ops_address(&server);
     let mut caller = Caller::new(&server);
     let away = break_audit_directory(server.dir.path());
-    let codes: Vec<tonic::Code> = (0..12).map(|_| caller.call()).collect();
+    let mut codes = Vec::new();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while ops_get(&ops, "/healthz").0 != 503 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the failure is not reported"
+        );
+        codes.push(caller.call());
+    }
+    codes.extend((0..4).map(|_| caller.call()));
     assert!(
         codes.iter().all(|code| *code == tonic::Code::Ok),
-        "{codes:?}"
+        "calls are served while the log fails: {codes:?}"
     );
     assert_eq!(
         ops_get(&ops, "/healthz"),
@@ -453,6 +511,13 @@ fn with_on_failure_serve_calls_are_answered_while_the_log_fails() {
         "the failure is visible even when calls are served"
     );
     repair_audit_directory(server.dir.path(), &away);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while ops_get(&ops, "/healthz").0 != 200 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the recovery is not reported"
+        );
+        assert_eq!(caller.call(), tonic::Code::Ok);
+    }
     assert_eq!(caller.call(), tonic::Code::Ok);
-    assert_eq!(ops_get(&ops, "/healthz"), (200, "ok\n".to_owned()));
 }

@@ -1,0 +1,193 @@
+//! The journal behind [`crate::Durability::ProcessCrash`]: an append-only file of chained records
+//! that an append writes before it is acknowledged, so that the writer thread can put the records
+//! into SQLite later and in large batches.
+//!
+//! A record written to the journal is in the kernel's page cache when `write` returns, so it
+//! survives a kill -9 of the server even though no fsync follows. The journal is not a second
+//! log: it only holds records until the writer has committed them to a segment. A journal file
+//! whose records are all committed is deleted; one left behind by a crash is read back by the next
+//! open, which commits the records that are missing from the segments before anything else.
+//!
+//! A frame is `u32` big-endian length of the canonical encoding, the canonical encoding (which
+//! holds the seq, see [`crate::record`]), and the record's 32-byte chain hash. Files are named
+//! `journal-<first seq, 20 digits>.log`; a new file starts once the current one holds
+//! `ROTATE_BYTES`.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{ErrorKind, Write};
+use std::path::{Path, PathBuf};
+
+use crate::error::{Context, StoreError};
+use crate::record::{ChainHash, Entry, chain_hash_of_bytes};
+
+const PREFIX: &str = "journal-";
+const SUFFIX: &str = ".log";
+
+/// Size at which the appender starts the next journal file, so that the writer can delete
+/// committed records in whole files while appends go on.
+pub(crate) const ROTATE_BYTES: u64 = 8 << 20;
+
+/// Largest canonical encoding a frame may announce: nine strings of at most
+/// [`crate::MAX_FIELD_BYTES`] plus the fixed fields fit well below it. A larger length can only
+/// come from a damaged file.
+const MAX_FRAME_BYTES: usize = 1 << 20;
+
+const HASH_BYTES: usize = 32;
+
+pub(crate) fn journal_path(dir: &Path, first_seq: u64) -> PathBuf {
+    dir.join(format!("{PREFIX}{first_seq:020}{SUFFIX}"))
+}
+
+/// The journal files in `dir`, ordered by the seq of their first record.
+pub(crate) fn list_journals(dir: &Path) -> Result<Vec<(u64, PathBuf)>, StoreError> {
+    let mut journals = Vec::new();
+    for item in fs::read_dir(dir).at(dir)? {
+        let item = item.at(dir)?;
+        let name = item.file_name();
+        let first_seq = name
+            .to_str()
+            .and_then(|name| name.strip_prefix(PREFIX))
+            .and_then(|rest| rest.strip_suffix(SUFFIX))
+            .filter(|digits| digits.len() == 20 && digits.bytes().all(|b| b.is_ascii_digit()))
+            .and_then(|digits| digits.parse::<u64>().ok());
+        if let Some(first_seq) = first_seq {
+            journals.push((first_seq, item.path()));
+        }
+    }
+    journals.sort();
+    Ok(journals)
+}
+
+/// One record as a journal holds it.
+pub(crate) struct Frame {
+    pub(crate) seq: u64,
+    pub(crate) canonical: Vec<u8>,
+    pub(crate) hash: ChainHash,
+}
+
+/// What a journal file holds: its whole frames, and what is wrong after them, if anything.
+pub(crate) struct Contents {
+    pub(crate) frames: Vec<Frame>,
+    /// Set when a frame cannot be a record this crate wrote. An incomplete last frame is not
+    /// damage: it is an append that a crash interrupted before it was acknowledged.
+    pub(crate) damage: Option<String>,
+}
+
+/// Reads a journal file. `Ok(None)` when the file no longer exists, which happens when the
+/// writer deletes a committed journal while someone reads the directory.
+pub(crate) fn read_journal(path: &Path) -> Result<Option<Contents>, StoreError> {
+    let bytes = match fs::read(path) {
+        Ok(bytes) => bytes,
+        Err(e) if e.kind() == ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(e).at(path),
+    };
+    let mut frames = Vec::new();
+    let mut rest = bytes.as_slice();
+    let mut damage = None;
+    while rest.len() >= 4 {
+        let mut len = [0u8; 4];
+        len.copy_from_slice(&rest[..4]);
+        let len = usize::try_from(u32::from_be_bytes(len)).unwrap_or(usize::MAX);
+        if !(9..=MAX_FRAME_BYTES).contains(&len) {
+            damage = Some(format!("a frame announces {len} bytes"));
+            break;
+        }
+        let Some(frame) = rest.get(4..4 + len + HASH_BYTES) else {
+            break;
+        };
+        let (canonical, hash) = frame.split_at(len);
+        let mut seq = [0u8; 8];
+        seq.copy_from_slice(&canonical[1..9]);
+        frames.push(Frame {
+            seq: u64::from_be_bytes(seq),
+            canonical: canonical.to_vec(),
+            hash: ChainHash::from_slice(hash).unwrap_or_else(|| unreachable!()),
+        });
+        rest = &rest[4 + len + HASH_BYTES..];
+    }
+    Ok(Some(Contents { frames, damage }))
+}
+
+/// A frame whose seq and hash [`Journal::write`] fills in once the record's place in the chain
+/// is known. Encoding the entry before taking the journal's lock keeps the lock short.
+pub(crate) struct UnplacedFrame(Vec<u8>);
+
+impl UnplacedFrame {
+    pub(crate) fn new(entry: &Entry) -> UnplacedFrame {
+        let mut bytes = Vec::with_capacity(256 + entry.summary.len() + entry.method.len());
+        bytes.extend_from_slice(&[0; 4]);
+        entry.encode_into(0, &mut bytes);
+        // `Entry::validate` caps every field far below u32::MAX, so the length always fits.
+        let len = u32::try_from(bytes.len() - 4).unwrap_or(u32::MAX);
+        bytes[..4].copy_from_slice(&len.to_be_bytes());
+        bytes.extend_from_slice(&[0; HASH_BYTES]);
+        UnplacedFrame(bytes)
+    }
+}
+
+/// The journal file that appends currently go to.
+#[derive(Debug)]
+pub(crate) struct Journal {
+    file: File,
+    path: PathBuf,
+    /// Bytes of whole frames in the file.
+    len: u64,
+    /// A write failed after it may have put part of a frame in the file; the next write first cuts
+    /// the file back to `len`, so a torn frame never sits in front of a good one.
+    torn: bool,
+}
+
+impl Journal {
+    /// Creates the journal file whose first record will be `first_seq`.
+    pub(crate) fn create(dir: &Path, first_seq: u64) -> Result<Journal, StoreError> {
+        let path = journal_path(dir, first_seq);
+        let file = OpenOptions::new()
+            .append(true)
+            .create_new(true)
+            .open(&path)
+            .at(&path)?;
+        Ok(Journal {
+            file,
+            path,
+            len: 0,
+            torn: false,
+        })
+    }
+
+    pub(crate) fn path(&self) -> &Path {
+        &self.path
+    }
+
+    pub(crate) fn len(&self) -> u64 {
+        self.len
+    }
+
+    /// Gives the frame its seq and its hash after `prev`, appends it with a single `write`, after
+    /// which the record survives a kill -9, and returns the hash.
+    pub(crate) fn write(
+        &mut self,
+        frame: &mut UnplacedFrame,
+        seq: u64,
+        prev: &ChainHash,
+    ) -> Result<ChainHash, StoreError> {
+        if self.torn {
+            self.file.set_len(self.len).at(&self.path)?;
+            self.torn = false;
+        }
+        let bytes = &mut frame.0;
+        let end = bytes.len() - HASH_BYTES;
+        bytes[5..13].copy_from_slice(&seq.to_be_bytes());
+        let hash = chain_hash_of_bytes(prev, &bytes[4..end]);
+        bytes[end..].copy_from_slice(&hash.0);
+        match self.file.write_all(bytes) {
+            Ok(()) => {
+                self.len += bytes.len() as u64;
+                Ok(hash)
+            }
+            Err(e) => {
+                self.torn = true;
+                Err(e).at(&self.path)
+            }
+        }
+    }
+}

@@ -1,0 +1,213 @@
+//! The journal of `Durability::ProcessCrash`: records acknowledged through it verify before any
+//! segment holds them, are committed by the next open, and are refused when they were edited.
+//!
+//! A crash image is made without killing anything: the audit directory is moved away and a file
+//! put in its place, so the writer can no longer start a segment and commit, while appends keep
+//! being acknowledged through the journal's open descriptor. A copy of the moved directory then
+//! holds exactly what a kill -9 at that moment would leave: records in the journal that no segment
+//! has.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use audit::{AuditLog, Config, Durability, Entry, Query, verify_dir};
+
+use crate::common::{append_range, entry, open};
+
+fn open_journaled(dir: &Path) -> AuditLog {
+    let mut config = Config::new(dir);
+    config.durability = Durability::ProcessCrash;
+    AuditLog::open(config).expect("open audit log")
+}
+
+fn journals(dir: &Path) -> Vec<PathBuf> {
+    let mut found: Vec<_> = std::fs::read_dir(audit::audit_dir(dir))
+        .unwrap()
+        .map(|item| item.unwrap().path())
+        .filter(|path| {
+            let name = path.file_name().unwrap().to_string_lossy().into_owned();
+            name.starts_with("journal-") && name.ends_with(".log")
+        })
+        .collect();
+    found.sort();
+    found
+}
+
+async fn all_entries(log: &AuditLog) -> Vec<Entry> {
+    let page = log
+        .query(Query {
+            page_size: 1000,
+            ..Query::default()
+        })
+        .await
+        .unwrap();
+    let mut records = page.records;
+    records.sort_by_key(|r| r.seq);
+    records.into_iter().map(|r| r.entry).collect()
+}
+
+fn wait_until(what: &str, condition: impl Fn() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !condition() {
+        assert!(Instant::now() < deadline, "timed out waiting until {what}");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// Returns a live log whose writer cannot commit, the directory it really writes to, and the crash
+/// image: 3 records committed to segment 1 and records 4 to 7 only in the journal.
+async fn crash_image(tmp: &Path) -> (AuditLog, PathBuf, tempfile::TempDir) {
+    let log = open_journaled(tmp);
+    append_range(&log, 0, 3).await;
+    assert_eq!(
+        all_entries(&log).await.len(),
+        3,
+        "a query sees its own records"
+    );
+
+    let dir = audit::audit_dir(tmp);
+    let away = tmp.join("audit-away");
+    std::fs::rename(&dir, &away).unwrap();
+    std::fs::write(&dir, b"not a directory").unwrap();
+    assert!(
+        log.seal().await.is_err(),
+        "the next segment cannot be created"
+    );
+    for n in 3..7 {
+        assert_eq!(log.append(entry(n)).await.unwrap(), n + 1, "acknowledged");
+    }
+    wait_until("the writer reports its failed commits", || log.is_failing());
+
+    let image = tempfile::tempdir().unwrap();
+    let copy = audit::audit_dir(image.path());
+    std::fs::create_dir(&copy).unwrap();
+    for item in std::fs::read_dir(&away).unwrap() {
+        let path = item.unwrap().path();
+        std::fs::copy(&path, copy.join(path.file_name().unwrap())).unwrap();
+    }
+    (log, away, image)
+}
+
+#[tokio::test]
+async fn journaled_records_verify_offline_and_are_committed_by_the_next_open() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (log, away, image) = crash_image(tmp.path()).await;
+
+    let in_segments = audit::query_dir(image.path(), &Query::default()).unwrap();
+    assert_eq!(
+        in_segments.records.len(),
+        3,
+        "records 4 to 7 are only in the journal"
+    );
+    let report = verify_dir(image.path()).unwrap();
+    assert!(report.ok, "{report:?}");
+    assert_eq!((report.records_checked, report.head.seq), (7, 7));
+    assert_eq!(
+        report.head,
+        log.head(),
+        "verify sees every acknowledged record"
+    );
+
+    let reopened = open(image.path());
+    let expected: Vec<Entry> = (0..7).map(entry).collect();
+    assert_eq!(all_entries(&reopened).await, expected);
+    assert_eq!(reopened.append(entry(7)).await.unwrap(), 8);
+    drop(reopened);
+    assert!(
+        journals(image.path()).is_empty(),
+        "a committed journal is removed"
+    );
+    let report = verify_dir(image.path()).unwrap();
+    assert!(report.ok, "{report:?}");
+    assert_eq!(report.records_checked, 8);
+
+    // The live log commits its journaled records once the directory is back.
+    let dir = audit::audit_dir(tmp.path());
+    std::fs::remove_file(&dir).unwrap();
+    std::fs::rename(&away, &dir).unwrap();
+    wait_until("the writer's retry succeeds", || !log.is_failing());
+    assert_eq!(all_entries(&log).await, expected);
+    drop(log);
+    let report = verify_dir(tmp.path()).unwrap();
+    assert!(report.ok, "{report:?}");
+    assert_eq!(report.records_checked, 7);
+}
+
+#[tokio::test]
+async fn an_edited_journal_record_is_named_by_verify_and_refused_by_open() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (_log, _away, image) = crash_image(tmp.path()).await;
+    let journal = journals(image.path()).pop().unwrap();
+    let mut bytes = std::fs::read(&journal).unwrap();
+    let at = bytes
+        .windows(6)
+        .position(|w| w == b"call 4")
+        .expect("record 5 is in the journal");
+    bytes[at + 5] = b'9';
+    std::fs::write(&journal, bytes).unwrap();
+
+    let report = verify_dir(image.path()).unwrap();
+    assert!(!report.ok);
+    assert_eq!(report.first_bad_seq, Some(5), "{report:?}");
+    assert!(
+        report
+            .reason
+            .as_deref()
+            .unwrap()
+            .contains("journal record 5")
+    );
+    let error = AuditLog::open(Config::new(image.path())).unwrap_err();
+    assert!(
+        error.to_string().contains("journal record 5"),
+        "open refuses to drop or commit a forged record: {error}"
+    );
+}
+
+#[tokio::test]
+async fn a_torn_journal_tail_is_an_unacknowledged_append() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (_log, _away, image) = crash_image(tmp.path()).await;
+    let journal = journals(image.path()).pop().unwrap();
+    let len = std::fs::metadata(&journal).unwrap().len();
+    let file = std::fs::OpenOptions::new()
+        .write(true)
+        .open(&journal)
+        .unwrap();
+    file.set_len(len - 10).unwrap();
+    drop(file);
+
+    let report = verify_dir(image.path()).unwrap();
+    assert!(report.ok, "{report:?}");
+    assert_eq!(report.records_checked, 6);
+    let reopened = open_journaled(image.path());
+    assert_eq!(reopened.append(entry(6)).await.unwrap(), 7);
+    let expected: Vec<Entry> = (0..7).map(entry).collect();
+    assert_eq!(all_entries(&reopened).await, expected);
+}
+
+#[tokio::test]
+async fn the_journal_rotates_and_committed_files_are_removed() {
+    let tmp = tempfile::tempdir().unwrap();
+    let log = open_journaled(tmp.path());
+    // 60 KB summaries fill a journal file with about 140 records.
+    let big = |n: u64| Entry {
+        summary: format!("{n:>60000}"),
+        ..entry(n)
+    };
+    for n in 0..400 {
+        log.append(big(n)).await.unwrap();
+    }
+    assert_eq!(all_entries(&log).await.len(), 400);
+    let left = journals(tmp.path());
+    assert_eq!(left.len(), 1, "only the journal taking appends is left");
+    let name = left[0].file_name().unwrap().to_string_lossy().into_owned();
+    assert!(
+        name.as_str() > "journal-00000000000000000200.log",
+        "the journal rotated: {name}"
+    );
+    drop(log);
+    assert!(journals(tmp.path()).is_empty());
+    let report = verify_dir(tmp.path()).unwrap();
+    assert!(report.ok, "{report:?}");
+    assert_eq!(report.records_checked, 400);
+}
