@@ -135,6 +135,8 @@ pub(crate) struct Journal {
     /// A write failed after it may have put part of a frame in the file; the next write first cuts
     /// the file back to `len`, so a torn frame never sits in front of a good one.
     torn: bool,
+    /// Length at which the appender starts the next file.
+    rotate_at: u64,
 }
 
 impl Journal {
@@ -151,6 +153,7 @@ impl Journal {
             path,
             len: 0,
             torn: false,
+            rotate_at: ROTATE_BYTES,
         })
     }
 
@@ -158,8 +161,15 @@ impl Journal {
         &self.path
     }
 
-    pub(crate) fn len(&self) -> u64 {
-        self.len
+    /// Whether this file is full enough for the appender to start the next one.
+    pub(crate) fn is_due_for_rotation(&self) -> bool {
+        self.len >= self.rotate_at
+    }
+
+    /// After a failed attempt to start the next file: this one takes the next records, and the
+    /// next attempt comes after another sixteenth of [`ROTATE_BYTES`], not at every append.
+    pub(crate) fn postpone_rotation(&mut self) {
+        self.rotate_at = self.len + ROTATE_BYTES / 16;
     }
 
     /// Gives the frame its seq and its hash after `prev`, appends it with a single `write`, after

@@ -75,7 +75,7 @@ pub(super) fn run(root: &Path) -> Result<()> {
         Some(("governor keyed check_key", governor)),
     );
 
-    // The default server records every call in the durable audit log before answering it; the
+    // The default server records every call in the audit log before answering it; the
     // second, with the log off, shows how much of the figure the audit takes.
     let servers = [
         BenchServer::start(&release, CONFIG)?,
@@ -105,7 +105,7 @@ pub(super) fn run(root: &Path) -> Result<()> {
     let [audited, unaudited] = rpcs.map(median);
     println!("Check over mTLS, one connection, 64 concurrent streams (target >= 25000/s)");
     print_row(
-        "RateLimit/Check (default: durable audit)",
+        "RateLimit/Check (default audit log)",
         audited,
         "calls/s",
         Some(("without the audit log", unaudited)),

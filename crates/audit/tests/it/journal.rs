@@ -211,3 +211,40 @@ async fn the_journal_rotates_and_committed_files_are_removed() {
     assert!(report.ok, "{report:?}");
     assert_eq!(report.records_checked, 400);
 }
+
+#[tokio::test]
+async fn records_of_a_long_outage_wait_in_the_journal_and_are_all_committed_after_it() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (log, away, _image) = crash_image(tmp.path()).await;
+    // More records than the writer keeps in memory while it cannot commit (65,536): the rest are
+    // read back from the journal once it can.
+    let total: u64 = 80_000;
+    for n in 7..total {
+        log.append(entry(n)).await.unwrap();
+    }
+    assert!(log.is_failing());
+    let dir = audit::audit_dir(tmp.path());
+    std::fs::remove_file(&dir).unwrap();
+    std::fs::rename(&away, &dir).unwrap();
+    wait_until("the writer's retry succeeds", || !log.is_failing());
+    let head = log.head();
+    assert_eq!(head.seq, total);
+    drop(log);
+    assert!(
+        journals(tmp.path()).is_empty(),
+        "every journal is committed"
+    );
+    let report = verify_dir(tmp.path()).unwrap();
+    assert!(report.ok, "{report:?}");
+    assert_eq!(report.head, head);
+    let segments_only = audit::query_dir(
+        tmp.path(),
+        &Query {
+            after_seq: Some(total - 2),
+            ..Query::default()
+        },
+    )
+    .unwrap();
+    assert_eq!(segments_only.records.len(), 2);
+    assert_eq!(segments_only.records[1].entry, entry(total - 1));
+}
