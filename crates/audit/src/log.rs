@@ -20,9 +20,9 @@ use crate::journal::{self, Journal, UnplacedFrame};
 use crate::query::{Page, Query, Stats, StatsQuery, query_dir, stats_dir};
 use crate::record::{Anchor, ChainHash, Entry, chain_hash, chain_hash_of_bytes, decode_canonical};
 use crate::segment::{
-    self, INSERT_RECORD, LOCK_FILE, SealRow, SegmentHeader, audit_dir, create_segment,
-    finish_sealed, insert_record, is_writable, list_segments, open_reader, open_writer,
-    read_header, read_seal,
+    self, INSERT_RECORD, LOCK_FILE, ROWS_PER_INSERT, SealRow, SegmentHeader, audit_dir,
+    bind_record, create_segment, finish_sealed, insert_record, is_writable, list_segments,
+    open_reader, open_writer, read_header, read_seal,
 };
 use crate::verify::{VerifyReport, verify_dir};
 
@@ -284,6 +284,7 @@ impl AuditLog {
             segment_number: header.number,
             head_seq,
             head_hash,
+            insert_many: segment::insert_rows_sql(ROWS_PER_INSERT),
             shared_head: Arc::clone(&head),
             counters: Arc::clone(&counters),
             _lock: lock,
@@ -594,6 +595,8 @@ struct Writer {
     segment_number: u32,
     head_seq: u64,
     head_hash: ChainHash,
+    /// [`insert_rows_sql`] for [`ROWS_PER_INSERT`] rows.
+    insert_many: String,
     shared_head: Arc<Mutex<Anchor>>,
     counters: Arc<Counters>,
     /// Held for the writer's lifetime; the OS releases it even on kill -9.
@@ -921,14 +924,39 @@ impl Writer {
     /// Writes the batch in one transaction; the head moves only once it is committed, so a failed
     /// batch leaves no gap in the chain.
     fn write_batch(&mut self, appends: &[Pending]) -> Result<u64, StoreError> {
+        // The statement text is lent out because inserting borrows the writer mutably.
+        let insert_many = std::mem::take(&mut self.insert_many);
+        let inserted = self.insert_batch(appends, &insert_many);
+        self.insert_many = insert_many;
+        let (seq, prev) = inserted?;
+        let first = self.head_seq + 1;
+        self.head_seq = seq;
+        self.head_hash = prev;
+        if !self.journaled {
+            *self
+                .shared_head
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner) = Anchor { seq, hash: prev };
+        }
+        Ok(first)
+    }
+
+    /// Inserts and commits the batch; returns the last seq and hash.
+    fn insert_batch(
+        &mut self,
+        appends: &[Pending],
+        insert_many: &str,
+    ) -> Result<(u64, ChainHash), StoreError> {
         let mut seq = self.head_seq;
         let mut prev = self.head_hash;
         let active = self.ensure_active()?;
         let path = active.path.clone();
         let tx = active.conn.transaction().at(&path)?;
         {
-            let mut stmt = tx.prepare_cached(INSERT_RECORD).at(&path)?;
-            for pending in appends {
+            let mut single = tx.prepare_cached(INSERT_RECORD).at(&path)?;
+            let mut many = tx.prepare_cached(insert_many).at(&path)?;
+            let whole = appends.len() - appends.len() % ROWS_PER_INSERT;
+            for (index, pending) in appends.iter().enumerate() {
                 seq += 1;
                 let (entry, hash) = match pending {
                     Pending::Waiting(entry, _) => (entry, chain_hash(&prev, seq, entry)),
@@ -945,21 +973,20 @@ impl Writer {
                         (&record.entry, record.hash)
                     }
                 };
-                insert_record(&mut stmt, seq, entry, &prev, &hash).at(&path)?;
+                if index < whole {
+                    let row = index % ROWS_PER_INSERT;
+                    bind_record(&mut many, row, seq, entry, &prev, &hash).at(&path)?;
+                    if row + 1 == ROWS_PER_INSERT {
+                        many.raw_execute().at(&path)?;
+                    }
+                } else {
+                    insert_record(&mut single, seq, entry, &prev, &hash).at(&path)?;
+                }
                 prev = hash;
             }
         }
         tx.commit().at(&path)?;
-        let first = self.head_seq + 1;
-        self.head_seq = seq;
-        self.head_hash = prev;
-        if !self.journaled {
-            *self
-                .shared_head
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner) = Anchor { seq, hash: prev };
-        }
-        Ok(first)
+        Ok((seq, prev))
     }
 
     fn seal(&mut self) -> Result<Option<SealedSegment>, SealError> {

@@ -408,6 +408,62 @@ pub(crate) fn decode_for_query(row: &Row<'_>, path: &Path) -> Result<Record, Sto
     decode_record(row).map_err(|reason| corrupt(path, reason))
 }
 
+/// Rows inserted by one statement of [`insert_rows_sql`]: one statement for many rows runs the
+/// statement machinery (step, reset, the bindings' bookkeeping) once for all of them.
+pub(crate) const ROWS_PER_INSERT: usize = 16;
+
+const RECORD_PARAMS: usize = 17;
+
+/// An INSERT of `rows` records, with the parameters of row `r` at `r * 17 + 1 ..= r * 17 + 17`.
+pub(crate) fn insert_rows_sql(rows: usize) -> String {
+    let mut sql = INSERT_RECORD[..INSERT_RECORD.find("VALUES").unwrap_or(0)].to_owned();
+    sql.push_str("VALUES ");
+    for row in 0..rows {
+        if row > 0 {
+            sql.push(',');
+        }
+        sql.push('(');
+        for param in 1..=RECORD_PARAMS {
+            if param > 1 {
+                sql.push(',');
+            }
+            sql.push_str(&format!("?{}", row * RECORD_PARAMS + param));
+        }
+        sql.push(')');
+    }
+    sql
+}
+
+/// Binds one record as row `row` of a statement from [`insert_rows_sql`].
+pub(crate) fn bind_record(
+    stmt: &mut rusqlite::Statement<'_>,
+    row: usize,
+    seq: u64,
+    e: &Entry,
+    prev_hash: &ChainHash,
+    hash: &ChainHash,
+) -> rusqlite::Result<()> {
+    let at = row * RECORD_PARAMS;
+    stmt.raw_bind_parameter(at + 1, to_i64(seq))?;
+    stmt.raw_bind_parameter(at + 2, e.time_unix_ms)?;
+    stmt.raw_bind_parameter(at + 3, &e.identity)?;
+    stmt.raw_bind_parameter(at + 4, &e.auth_method)?;
+    stmt.raw_bind_parameter(at + 5, &e.method)?;
+    stmt.raw_bind_parameter(at + 6, &e.tool)?;
+    stmt.raw_bind_parameter(at + 7, &e.request_sha256)?;
+    stmt.raw_bind_parameter(at + 8, &e.status)?;
+    stmt.raw_bind_parameter(at + 9, &e.summary)?;
+    stmt.raw_bind_parameter(at + 10, to_i64(e.duration_us))?;
+    stmt.raw_bind_parameter(at + 11, &e.peer)?;
+    stmt.raw_bind_parameter(at + 12, e.sandboxed)?;
+    stmt.raw_bind_parameter(at + 13, e.rate_limited)?;
+    stmt.raw_bind_parameter(at + 14, &e.trust_level)?;
+    stmt.raw_bind_parameter(at + 15, e.kind.as_str())?;
+    stmt.raw_bind_parameter(at + 16, &prev_hash.0[..])?;
+    stmt.raw_bind_parameter(at + 17, &hash.0[..])?;
+    Ok(())
+}
+
 pub(crate) fn insert_record(
     stmt: &mut rusqlite::Statement<'_>,
     seq: u64,
