@@ -86,9 +86,9 @@ impl Default for AuditConfig {
     fn default() -> Self {
         Self {
             enabled: true,
-            // The durability (an acknowledged record survives a kill -9)
-            // at a fraction of the cost of an fsync per group commit; see
-            // SECURITY.md for when to choose "full".
+            // An acknowledged record survives a kill -9 at a fraction of the
+            // cost of an fsync per group commit; SECURITY.md says when to
+            // choose "full".
             durability: AuditDurability::ProcessCrash,
             seal_every_records: 1_000_000,
             on_failure: AuditOnFailure::Refuse,
