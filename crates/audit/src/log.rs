@@ -653,7 +653,7 @@ impl Writer {
                 // MAX_PENDING, in the journal only). A log that is shut down while failing leaves
                 // them in the journal for the next open.
                 std::thread::sleep(RETRY_PAUSE);
-                if !drain(&mut receiver, &mut commands, usize::MAX) && commands.is_empty() {
+                if !drain(&mut receiver, &mut commands, MAX_PENDING) && commands.is_empty() {
                     // Shut down: commit what can be, then stop.
                     self.commit(&mut appends);
                     while appends.is_empty()
