@@ -50,6 +50,18 @@ struct Walk {
     anchor_hash: Option<ChainHash>,
 }
 
+impl Walk {
+    /// Records that the record at `seq` (the expected one) checked out with `hash`.
+    fn accept(&mut self, seq: u64, hash: ChainHash) {
+        if seq == self.anchor_seq {
+            self.anchor_hash = Some(hash);
+        }
+        self.running = hash;
+        self.expected += 1;
+        self.checked += 1;
+    }
+}
+
 /// Walks every segment in `data_dir` from the genesis record and reports the first record that
 /// does not match. Opens the files read-only; works while no server runs and while one runs.
 ///
@@ -244,12 +256,7 @@ fn walk_segment(path: &Path, number: u32, is_last: bool, walk: &mut Walk) -> Res
                 format!("record {seq} was modified: its hash does not match its content"),
             );
         }
-        if seq == walk.anchor_seq {
-            walk.anchor_hash = Some(hash);
-        }
-        walk.running = hash;
-        walk.expected += 1;
-        walk.checked += 1;
+        walk.accept(seq, hash);
     }
 
     let seal = match read_seal(&conn, path) {
@@ -325,12 +332,7 @@ fn walk_journals(
                     format!("journal record {seq} in {name} cannot be decoded: {reason}"),
                 );
             }
-            if seq == walk.anchor_seq {
-                walk.anchor_hash = Some(hash);
-            }
-            walk.running = hash;
-            walk.expected += 1;
-            walk.checked += 1;
+            walk.accept(seq, hash);
         }
         if let Some(reason) = &contents.damage {
             return fail(

@@ -88,6 +88,13 @@ async fn crash_image(tmp: &Path) -> (AuditLog, PathBuf, tempfile::TempDir) {
     (log, away, image)
 }
 
+/// Puts the audit directory that [`crash_image`] moved away back in its place.
+fn repair(data_dir: &Path, away: &Path) {
+    let dir = audit::audit_dir(data_dir);
+    std::fs::remove_file(&dir).unwrap();
+    std::fs::rename(away, &dir).unwrap();
+}
+
 #[tokio::test]
 async fn journaled_records_verify_offline_and_are_committed_by_the_next_open() {
     let tmp = tempfile::tempdir().unwrap();
@@ -122,9 +129,7 @@ async fn journaled_records_verify_offline_and_are_committed_by_the_next_open() {
     assert_eq!(report.records_checked, 8);
 
     // The live log commits its journaled records once the directory is back.
-    let dir = audit::audit_dir(tmp.path());
-    std::fs::remove_file(&dir).unwrap();
-    std::fs::rename(&away, &dir).unwrap();
+    repair(tmp.path(), &away);
     wait_until("the writer's retry succeeds", || !log.is_failing());
     assert_eq!(all_entries(&log).await, expected);
     drop(log);
@@ -223,9 +228,7 @@ async fn records_of_a_long_outage_wait_in_the_journal_and_are_all_committed_afte
         log.append(entry(n)).await.unwrap();
     }
     assert!(log.is_failing());
-    let dir = audit::audit_dir(tmp.path());
-    std::fs::remove_file(&dir).unwrap();
-    std::fs::rename(&away, &dir).unwrap();
+    repair(tmp.path(), &away);
     wait_until("the writer's retry succeeds", || !log.is_failing());
     let head = log.head();
     assert_eq!(head.seq, total);
