@@ -129,6 +129,7 @@ impl UnplacedFrame {
 #[derive(Debug)]
 pub(crate) struct Journal {
     file: File,
+    dir: PathBuf,
     path: PathBuf,
     /// Bytes of whole frames in the file.
     len: u64,
@@ -150,11 +151,18 @@ impl Journal {
             .at(&path)?;
         Ok(Journal {
             file,
+            dir: dir.to_path_buf(),
             path,
             len: 0,
             torn: false,
             rotate_at: ROTATE_BYTES,
         })
+    }
+
+    /// Creates the journal file that follows this one, in the same directory, whose first record
+    /// will be `first_seq`.
+    pub(crate) fn next(&self, first_seq: u64) -> Result<Journal, StoreError> {
+        Journal::create(&self.dir, first_seq)
     }
 
     pub(crate) fn path(&self) -> &Path {

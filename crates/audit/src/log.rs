@@ -34,13 +34,13 @@ pub enum Durability {
     /// record survives a kill -9, a kernel crash and a power cut. Costs one fsync per batch.
     #[default]
     Full,
-    /// An append is chained and written to the journal (`journal-*.log` beside the segments) with one `write`
-    /// and acknowledged at once; the writer thread commits journaled records to the segment
-    /// later, in large batches, with `synchronous = NORMAL`. An acknowledged record survives a
-    /// kill -9 of the server, because the kernel holds the journal's data and the next open
-    /// commits what the segments miss. The last records can be lost to a kernel crash or a power
-    /// cut. The chain stays valid either way: a torn journal tail is an unacknowledged append,
-    /// and SQLite only drops whole transactions from the end of the WAL.
+    /// An append is chained and written to the journal (`journal-*.log` beside the segments)
+    /// with one `write` and acknowledged at once; the writer thread commits journaled records to
+    /// the segment later, in large batches, with `synchronous = NORMAL`. An acknowledged record
+    /// survives a kill -9 of the server, because the kernel holds the journal's data and the
+    /// next open commits what the segments miss. The last records can be lost to a kernel crash
+    /// or a power cut. The chain stays valid either way: a torn journal tail is an
+    /// unacknowledged append, and SQLite only drops whole transactions from the end of the WAL.
     ProcessCrash,
 }
 
@@ -409,12 +409,7 @@ impl AuditLog {
         };
         failing.store(false, Ordering::Relaxed);
         let retire = if journal.is_due_for_rotation() {
-            let dir = journal
-                .path()
-                .parent()
-                .unwrap_or(Path::new(""))
-                .to_path_buf();
-            match Journal::create(&dir, seq + 1) {
+            match journal.next(seq + 1) {
                 Ok(next) => Some(std::mem::replace(&mut *journal, next).path().to_path_buf()),
                 Err(error) => {
                     tracing::warn!(%error, "cannot start the next audit journal file");
@@ -611,8 +606,8 @@ const LINGER: std::time::Duration = std::time::Duration::from_micros(100);
 /// commits, so a long wait costs no latency; it makes batches of a hundred records and more under
 /// load, which divides the cost of a commit (WAL frames, wal-index, checkpoints) among them. On
 /// the benchmark machine, 10 ms rather than 3 ms doubled the batches and took about 1 µs of CPU
-/// off each record. Queries wait for the commit (see `AuditLog::catch_up`), so 10 ms is also
-/// the most a query waits for a record acknowledged just before it.
+/// off each record. Queries wait for the commit (see `AuditLog::catch_up`), so a query waits
+/// about that long, plus the commit, for a record acknowledged just before it.
 const JOURNAL_LINGER: std::time::Duration = std::time::Duration::from_millis(10);
 
 /// Most journaled records the writer holds in memory while its commits fail. Later ones stay in
@@ -915,7 +910,11 @@ impl Writer {
                 return true;
             }
             if let Err(error) = fs::remove_file(path) {
-                tracing::warn!(%error, path = %path.display(), "cannot remove a committed audit journal");
+                tracing::warn!(
+                    %error,
+                    path = %path.display(),
+                    "cannot remove a committed audit journal"
+                );
             }
             false
         });
