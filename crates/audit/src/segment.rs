@@ -154,6 +154,19 @@ pub(crate) fn create_segment(dir: &Path, header: SegmentHeader) -> Result<PathBu
     remove_if_exists(&tmp)?;
     {
         let mut conn = Connection::open(&tmp).at(&tmp)?;
+        // WAL mode is set here, before the file has its name: switching a named segment later
+        // would go through a rollback journal, and a kill -9 in the middle would leave a hot
+        // journal that read-only connections (verify, queries of a stopped server) cannot roll
+        // back. Closing the connection checkpoints and deletes the temporary WAL.
+        let mode: String = conn
+            .query_row("PRAGMA journal_mode = WAL", [], |row| row.get(0))
+            .at(&tmp)?;
+        if !mode.eq_ignore_ascii_case("wal") {
+            return Err(corrupt(
+                &tmp,
+                format!("journal mode stayed {mode} instead of wal"),
+            ));
+        }
         let tx = conn.transaction().at(&tmp)?;
         tx.execute_batch(SCHEMA).at(&tmp)?;
         tx.execute(
@@ -168,6 +181,7 @@ pub(crate) fn create_segment(dir: &Path, header: SegmentHeader) -> Result<PathBu
         )
         .at(&tmp)?;
         tx.commit().at(&tmp)?;
+        conn.close().map_err(|(_, e)| e).at(&tmp)?;
     }
     fs::rename(&tmp, &path).at(&path)?;
     sync_dir(dir)?;
@@ -491,4 +505,37 @@ pub(crate) fn insert_record(
         &hash.0[..],
     ])?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_segment_is_in_wal_mode_from_the_moment_it_has_its_name() {
+        let tmp = tempfile::tempdir().unwrap();
+        let header = SegmentHeader {
+            number: 1,
+            first_seq: 1,
+            genesis: ChainHash::GENESIS,
+        };
+        let path = create_segment(tmp.path(), header).unwrap();
+        // Bytes 18 and 19 of an SQLite file are its write and read format versions: 2 in WAL
+        // mode, 1 with a rollback journal. Nobody has opened the segment since it was renamed.
+        let bytes = fs::read(&path).unwrap();
+        assert_eq!((bytes[18], bytes[19]), (2, 2));
+        let mut names: Vec<String> = fs::read_dir(tmp.path())
+            .unwrap()
+            .map(|item| item.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        assert_eq!(
+            names,
+            ["audit-000001.db"],
+            "no journal, WAL or temporary file is left"
+        );
+        let reader = open_reader(&path).unwrap();
+        let read = read_header(&reader, &path).unwrap();
+        assert_eq!((read.number, read.first_seq), (1, 1));
+    }
 }
