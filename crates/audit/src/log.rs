@@ -56,8 +56,9 @@ pub struct Config {
     pub max_batch: usize,
     /// Appends waiting for the writer before `append` itself waits (back-pressure).
     pub queue_capacity: usize,
-    /// Seal the active segment and start the next one after the commit that reaches a seq that
-    /// is a multiple of this; 0 never seals on its own.
+    /// Seal the active segment and start the next one at every seq that is a multiple of this
+    /// (batches are cut there, so such a segment ends exactly at the multiple); 0 never seals on
+    /// its own.
     pub seal_every_records: u64,
 }
 
@@ -792,7 +793,8 @@ impl Writer {
             );
             let mut records = records.into_iter().map(Pending::Journaled).peekable();
             while records.peek().is_some() {
-                let batch: Vec<Pending> = records.by_ref().take(self.max_batch).collect();
+                let size = self.max_batch.min(self.records_until_seal());
+                let batch: Vec<Pending> = records.by_ref().take(size).collect();
                 let before = self.head_seq;
                 self.write_batch(&batch)?;
                 self.seal_if_due(before);
@@ -804,8 +806,9 @@ impl Writer {
         Ok(())
     }
 
-    /// Seals after a commit whose records reached a multiple of `seal_every`, once the batch is
-    /// acknowledged. A failed seal leaves the segment active, and the next multiple tries again.
+    /// Seals after a commit that reached a multiple of `seal_every` (batches are cut there, see
+    /// [`Writer::commit`]), once the batch is acknowledged. A failed seal leaves the segment
+    /// active, and the next multiple tries again.
     fn seal_if_due(&mut self, before: u64) {
         if self.seal_every == 0 || before / self.seal_every == self.head_seq / self.seal_every {
             return;
@@ -861,7 +864,31 @@ impl Writer {
         Ok(self.active.as_mut().unwrap_or_else(|| unreachable!()))
     }
 
+    /// Commits `appends`, in more than one transaction when a seal falls inside them, so that
+    /// every sealed segment ends exactly at a multiple of `seal_every` however the records were
+    /// batched. Records whose commit failed and must be retried stay in `appends`.
     fn commit(&mut self, appends: &mut Vec<Pending>) {
+        while !appends.is_empty() {
+            let take = self.records_until_seal().min(appends.len());
+            let rest = appends.split_off(take);
+            self.commit_batch(appends);
+            if !appends.is_empty() {
+                appends.extend(rest);
+                return;
+            }
+            *appends = rest;
+        }
+    }
+
+    /// How many records the active segment takes before its seal is due.
+    fn records_until_seal(&self) -> usize {
+        if self.seal_every == 0 {
+            return usize::MAX;
+        }
+        usize::try_from(self.seal_every - self.head_seq % self.seal_every).unwrap_or(usize::MAX)
+    }
+
+    fn commit_batch(&mut self, appends: &mut Vec<Pending>) {
         if appends.is_empty() {
             return;
         }

@@ -122,13 +122,26 @@ async fn a_seal_interrupted_by_a_crash_is_completed_on_open() {
 
 #[tokio::test]
 async fn the_writer_seals_after_every_configured_number_of_records() {
+    seals_after_every_configured_number_of_records(audit::Durability::Full).await;
+}
+
+#[tokio::test]
+async fn a_batch_that_crosses_a_seal_is_cut_there() {
+    // Journaled appends are acknowledged at once, so the writer commits all ten in one batch,
+    // which it must cut at the seals.
+    seals_after_every_configured_number_of_records(audit::Durability::ProcessCrash).await;
+}
+
+async fn seals_after_every_configured_number_of_records(durability: audit::Durability) {
     let tmp = tempfile::tempdir().unwrap();
     let mut config = audit::Config::new(tmp.path());
     config.seal_every_records = 4;
+    config.durability = durability;
     let log = audit::AuditLog::open(config).unwrap();
     append_range(&log, 0, 10).await;
-    // One append at a time commits one record per batch, so the seals fall exactly after seq 4
-    // and 8; records 9 and 10 stay in the active segment.
+    let all = log.query(audit::Query::default()).await.unwrap();
+    assert_eq!(all.records.len(), 10, "committed");
+    // The seals fall exactly after seq 4 and 8; records 9 and 10 stay in the active segment.
     let report = log.verify().await.unwrap();
     assert!(report.ok, "{report:?}");
     assert_eq!((report.segments, report.records_checked), (3, 10));

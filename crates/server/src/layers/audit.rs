@@ -75,8 +75,8 @@ pub(crate) struct AuditConfig {
     /// answer) or "full" (also a power cut: one fsync per group commit,
     /// which the answer waits for).
     pub(crate) durability: AuditDurability,
-    /// Seal the active segment and start a new one after the commit that
-    /// reaches a seq that is a multiple of this; 0 never seals.
+    /// Seal the active segment and start a new one at every seq that is a
+    /// multiple of this, exactly; 0 never seals.
     pub(crate) seal_every_records: u64,
     /// What the server does with calls while the log cannot commit records.
     pub(crate) on_failure: AuditOnFailure,

@@ -171,11 +171,9 @@ fn whoami_calls(server: &TestServer, calls: usize) {
     });
 }
 
-/// Opens and closes the log in `data_dir` as the next server start would,
-/// which commits the records that a kill -9 left only in the journal, then
-/// counts the recorded WhoAmI calls.
-fn whoami_records(data_dir: &Path) -> usize {
-    recover(data_dir);
+/// Recovers the log (see [`recover`]) and counts the recorded WhoAmI calls.
+fn whoami_records(data_dir: &Path, seal_every_records: u64) -> usize {
+    recover(data_dir, seal_every_records);
     let mut query = audit::Query {
         method: Some(WHOAMI.to_owned()),
         page_size: audit::MAX_PAGE_SIZE,
@@ -192,8 +190,13 @@ fn whoami_records(data_dir: &Path) -> usize {
     }
 }
 
-fn recover(data_dir: &Path) {
-    drop(audit::AuditLog::open(audit::Config::new(data_dir)).expect("open the audit log"));
+/// Opens and closes the log in `data_dir` as the next start of a server with
+/// `seal_every_records` would: that commits, and seals as configured, the
+/// records that a kill -9 left only in the journal.
+fn recover(data_dir: &Path, seal_every_records: u64) {
+    let mut config = audit::Config::new(data_dir);
+    config.seal_every_records = seal_every_records;
+    drop(audit::AuditLog::open(config).expect("open the audit log"));
 }
 
 fn cordon_audit(args: &[&str], data_dir: &Path) -> std::process::Output {
@@ -219,7 +222,7 @@ fn acknowledged_records_survive_kill_9_restarts_and_seals_and_tampering_is_caugh
     );
     assert!(report.head.seq >= 100, "{report:?}");
     assert_eq!(
-        whoami_records(dir.path()),
+        whoami_records(dir.path(), 40),
         100,
         "every answered call has its record after kill -9"
     );
@@ -232,7 +235,7 @@ fn acknowledged_records_survive_kill_9_restarts_and_seals_and_tampering_is_caugh
     let server = TestServer::start_in(dir, config);
     whoami_calls(&server, 30);
     let dir = kill_9(server);
-    assert_eq!(whoami_records(dir.path()), 130);
+    assert_eq!(whoami_records(dir.path(), 40), 130);
     let report = audit::verify_dir(dir.path()).unwrap();
     assert!(report.ok, "{report:?}");
 
@@ -463,7 +466,7 @@ fn refused_while_failing(durability: &str) {
     let dir = kill_9(server);
     let report = audit::verify_dir(dir.path()).unwrap();
     assert!(report.ok, "the chain survives the failure: {report:?}");
-    recover(dir.path());
+    recover(dir.path(), 4);
     let records = audit::query_dir(
         dir.path(),
         &audit::Query {
