@@ -20,9 +20,9 @@ use crate::journal::{self, Journal, UnplacedFrame};
 use crate::query::{Page, Query, Stats, StatsQuery, query_dir, stats_dir};
 use crate::record::{Anchor, ChainHash, Entry, chain_hash, chain_hash_of_bytes, decode_canonical};
 use crate::segment::{
-    self, INSERT_RECORD, LOCK_FILE, ROWS_PER_INSERT, SealRow, SegmentHeader, audit_dir,
-    bind_record, create_segment, finish_sealed, insert_record, is_writable, list_segments,
-    open_reader, open_writer, read_header, read_seal,
+    self, INSERT_MANY, INSERT_ONE, LOCK_FILE, ROWS_PER_INSERT, SealRow, SegmentHeader, audit_dir,
+    bind_record, create_segment, finish_sealed, is_writable, list_segments, open_reader,
+    open_writer, read_header, read_seal,
 };
 use crate::verify::{VerifyReport, verify_dir};
 
@@ -285,7 +285,6 @@ impl AuditLog {
             segment_number: header.number,
             head_seq,
             head_hash,
-            insert_many: segment::insert_rows_sql(ROWS_PER_INSERT),
             shared_head: Arc::clone(&head),
             counters: Arc::clone(&counters),
             _lock: lock,
@@ -591,8 +590,6 @@ struct Writer {
     segment_number: u32,
     head_seq: u64,
     head_hash: ChainHash,
-    /// [`insert_rows_sql`] for [`ROWS_PER_INSERT`] rows.
-    insert_many: String,
     shared_head: Arc<Mutex<Anchor>>,
     counters: Arc<Counters>,
     /// Held for the writer's lifetime; the OS releases it even on kill -9.
@@ -950,11 +947,7 @@ impl Writer {
     /// Writes the batch in one transaction; the head moves only once it is committed, so a failed
     /// batch leaves no gap in the chain.
     fn write_batch(&mut self, appends: &[Pending]) -> Result<u64, StoreError> {
-        // The statement text is lent out because inserting borrows the writer mutably.
-        let insert_many = std::mem::take(&mut self.insert_many);
-        let inserted = self.insert_batch(appends, &insert_many);
-        self.insert_many = insert_many;
-        let (seq, prev) = inserted?;
+        let (seq, prev) = self.insert_batch(appends)?;
         let first = self.head_seq + 1;
         self.head_seq = seq;
         self.head_hash = prev;
@@ -968,19 +961,15 @@ impl Writer {
     }
 
     /// Inserts and commits the batch; returns the last seq and hash.
-    fn insert_batch(
-        &mut self,
-        appends: &[Pending],
-        insert_many: &str,
-    ) -> Result<(u64, ChainHash), StoreError> {
+    fn insert_batch(&mut self, appends: &[Pending]) -> Result<(u64, ChainHash), StoreError> {
         let mut seq = self.head_seq;
         let mut prev = self.head_hash;
         let active = self.ensure_active()?;
         let path = active.path.clone();
         let tx = active.conn.transaction().at(&path)?;
         {
-            let mut single = tx.prepare_cached(INSERT_RECORD).at(&path)?;
-            let mut many = tx.prepare_cached(insert_many).at(&path)?;
+            let mut single = tx.prepare_cached(&INSERT_ONE).at(&path)?;
+            let mut many = tx.prepare_cached(&INSERT_MANY).at(&path)?;
             let whole = appends.len() - appends.len() % ROWS_PER_INSERT;
             for (index, pending) in appends.iter().enumerate() {
                 seq += 1;
@@ -1006,7 +995,8 @@ impl Writer {
                         many.raw_execute().at(&path)?;
                     }
                 } else {
-                    insert_record(&mut single, seq, entry, &prev, &hash).at(&path)?;
+                    bind_record(&mut single, 0, seq, entry, &prev, &hash).at(&path)?;
+                    single.raw_execute().at(&path)?;
                 }
                 prev = hash;
             }

@@ -10,6 +10,7 @@
 use std::fs;
 use std::io;
 use std::path::{Path, PathBuf};
+use std::sync::LazyLock;
 use std::time::Duration;
 
 use rusqlite::{Connection, OpenFlags, OptionalExtension, Row};
@@ -84,10 +85,12 @@ pub(crate) const RECORD_COLUMNS: &str = "seq, time_unix_ms, identity, auth_metho
      request_sha256, status, summary, duration_us, peer, sandboxed, rate_limited, trust_level, \
      kind, prev_hash, hash";
 
-pub(crate) const INSERT_RECORD: &str = "INSERT INTO records (seq, time_unix_ms, identity, \
-     auth_method, method, tool, request_sha256, status, summary, duration_us, peer, sandboxed, \
-     rate_limited, trust_level, kind, prev_hash, hash) \
-     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17)";
+/// An INSERT of one record, bound with [`bind_record`] as row 0.
+pub(crate) static INSERT_ONE: LazyLock<String> = LazyLock::new(|| insert_rows_sql(1));
+
+/// An INSERT of [`ROWS_PER_INSERT`] records, bound with [`bind_record`].
+pub(crate) static INSERT_MANY: LazyLock<String> =
+    LazyLock::new(|| insert_rows_sql(ROWS_PER_INSERT));
 
 /// `<data_dir>/audit`.
 pub fn audit_dir(data_dir: &Path) -> PathBuf {
@@ -422,16 +425,15 @@ pub(crate) fn decode_for_query(row: &Row<'_>, path: &Path) -> Result<Record, Sto
     decode_record(row).map_err(|reason| corrupt(path, reason))
 }
 
-/// Rows inserted by one statement of [`insert_rows_sql`]: one statement for many rows runs the
+/// Rows inserted by one statement of [`INSERT_MANY`]: one statement for many rows runs the
 /// statement machinery (step, reset, the bindings' bookkeeping) once for all of them.
 pub(crate) const ROWS_PER_INSERT: usize = 16;
 
 const RECORD_PARAMS: usize = 17;
 
 /// An INSERT of `rows` records, with the parameters of row `r` at `r * 17 + 1 ..= r * 17 + 17`.
-pub(crate) fn insert_rows_sql(rows: usize) -> String {
-    let mut sql = INSERT_RECORD[..INSERT_RECORD.find("VALUES").unwrap_or(0)].to_owned();
-    sql.push_str("VALUES ");
+fn insert_rows_sql(rows: usize) -> String {
+    let mut sql = format!("INSERT INTO records ({RECORD_COLUMNS}) VALUES ");
     for row in 0..rows {
         if row > 0 {
             sql.push(',');
@@ -448,7 +450,7 @@ pub(crate) fn insert_rows_sql(rows: usize) -> String {
     sql
 }
 
-/// Binds one record as row `row` of a statement from [`insert_rows_sql`].
+/// Binds one record as row `row` of [`INSERT_ONE`] or [`INSERT_MANY`].
 pub(crate) fn bind_record(
     stmt: &mut rusqlite::Statement<'_>,
     row: usize,
@@ -475,35 +477,6 @@ pub(crate) fn bind_record(
     stmt.raw_bind_parameter(at + 15, e.kind.as_str())?;
     stmt.raw_bind_parameter(at + 16, &prev_hash.0[..])?;
     stmt.raw_bind_parameter(at + 17, &hash.0[..])?;
-    Ok(())
-}
-
-pub(crate) fn insert_record(
-    stmt: &mut rusqlite::Statement<'_>,
-    seq: u64,
-    e: &Entry,
-    prev_hash: &ChainHash,
-    hash: &ChainHash,
-) -> rusqlite::Result<()> {
-    stmt.execute(rusqlite::params![
-        to_i64(seq),
-        e.time_unix_ms,
-        e.identity,
-        e.auth_method,
-        e.method,
-        e.tool,
-        e.request_sha256,
-        e.status,
-        e.summary,
-        to_i64(e.duration_us),
-        e.peer,
-        e.sandboxed,
-        e.rate_limited,
-        e.trust_level,
-        e.kind.as_str(),
-        &prev_hash.0[..],
-        &hash.0[..],
-    ])?;
     Ok(())
 }
 
