@@ -39,6 +39,9 @@ use crate::sandbox::RunError;
 /// resolved on this one).
 pub const SAFE_PATH: &str = "/usr/local/bin:/usr/bin:/bin";
 
+/// The most read from an output pipe at once.
+const READ_CHUNK: usize = 64 * 1024;
+
 /// How long to keep reading output after the tree has been killed.
 pub const DRAIN_GRACE: Duration = Duration::from_millis(250);
 
@@ -123,8 +126,9 @@ pub trait ProcessControl: Send + Sync {
 /// The parent's ends of the child's standard streams.
 #[derive(Debug)]
 pub struct ChildPipes {
-    /// Write end of the child's standard input.
-    pub stdin: OwnedFd,
+    /// Write end of the child's standard input; `None` when the child's input is not a pipe
+    /// (it has none to get).
+    pub stdin: Option<OwnedFd>,
     /// Read end of the child's standard output.
     pub stdout: OwnedFd,
     /// Read end of the child's standard error.
@@ -203,11 +207,11 @@ pub async fn supervise(
         pipe::Receiver::from_owned_fd(pipes.stdout).map_err(io_error("stdout pipe"))?;
     let mut stderr_rx =
         pipe::Receiver::from_owned_fd(pipes.stderr).map_err(io_error("stderr pipe"))?;
-    let stdin_tx = if stdin.is_empty() {
-        drop(pipes.stdin);
-        None
-    } else {
-        Some(pipe::Sender::from_owned_fd(pipes.stdin).map_err(io_error("stdin pipe"))?)
+    let stdin_tx = match pipes.stdin {
+        Some(fd) if !stdin.is_empty() => {
+            Some(pipe::Sender::from_owned_fd(fd).map_err(io_error("stdin pipe"))?)
+        }
+        _ => None,
     };
     let cap = usize::try_from(limits.max_output_bytes).unwrap_or(usize::MAX);
     let mut out = Capped::new(cap);
@@ -276,9 +280,17 @@ async fn pump(
     mut sink: Option<mpsc::Sender<OutputChunk>>,
     stream: OutputStream,
 ) {
-    let mut chunk = vec![0u8; 64 * 1024];
+    // Most runs of short tools end without filling a pipe, often without writing at all:
+    // the read buffer is only allocated once there is something to read, and `read_buf`
+    // fills spare capacity, so it is never zeroed.
+    let mut chunk = Vec::new();
     loop {
-        match rx.read(&mut chunk).await {
+        if rx.readable().await.is_err() {
+            return;
+        }
+        chunk.clear();
+        chunk.reserve(READ_CHUNK);
+        match rx.read_buf(&mut chunk).await {
             Ok(0) | Err(_) => return,
             Ok(n) => {
                 buf.push(&chunk[..n]);

@@ -319,7 +319,7 @@ impl Inner {
         })?;
         let pipes = match (child.stdin.take(), child.stdout.take(), child.stderr.take()) {
             (Some(stdin), Some(stdout), Some(stderr)) => ChildPipes {
-                stdin: OwnedFd::from(stdin),
+                stdin: Some(OwnedFd::from(stdin)),
                 stdout: OwnedFd::from(stdout),
                 stderr: OwnedFd::from(stderr),
             },

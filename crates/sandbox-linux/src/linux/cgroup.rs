@@ -44,6 +44,9 @@ struct Idle {
 struct ControlFiles {
     /// `pids.max`, for writing.
     max: File,
+    /// What this server last wrote to `pids.max` (`u64::MAX`: nothing yet). Only root can
+    /// write the file and the runs are never root, so it still holds that value.
+    max_written: AtomicU64,
     /// `pids.current`, for reading.
     current: File,
     /// `pids.events`, for reading.
@@ -54,17 +57,23 @@ impl ControlFiles {
     fn open(dir: &Path) -> io::Result<ControlFiles> {
         Ok(ControlFiles {
             max: OpenOptions::new().write(true).open(dir.join("pids.max"))?,
+            max_written: AtomicU64::new(u64::MAX),
             current: File::open(dir.join("pids.current"))?,
             events: File::open(dir.join("pids.events"))?,
         })
     }
 
+    /// Sets `pids.max`; a pooled cgroup whose last run had the same limit is left as it is.
     fn set_max(&self, max_processes: u64) -> io::Result<()> {
+        if self.max_written.load(Ordering::Relaxed) == max_processes {
+            return Ok(());
+        }
         let value = max_processes.to_string();
         let written = self.max.write_at(value.as_bytes(), 0)?;
         if written != value.len() {
             return Err(io::Error::other("short write to pids.max"));
         }
+        self.max_written.store(max_processes, Ordering::Relaxed);
         Ok(())
     }
 

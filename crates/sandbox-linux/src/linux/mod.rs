@@ -364,6 +364,7 @@ impl Inner {
             argv: request.argv(),
             env: &env,
             cwd: work.path(),
+            stdin: !request.stdin().is_empty(),
             limits: self.layers.rlimits.then_some(&limits),
             nproc: cgroup.is_none(),
             credentials: owner,

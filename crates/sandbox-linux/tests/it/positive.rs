@@ -78,6 +78,29 @@ fn stdin_and_exit_codes_pass_through() {
 }
 
 #[test]
+fn without_input_stdin_is_at_end_of_file_and_not_writable() {
+    // `cat` would wait for the timeout if the child's standard input stayed open.
+    let started = std::time::Instant::now();
+    let out = run(policy(PolicySpec::default()), &["cat"]);
+    assert_eq!(out.exit_code, Some(0), "stderr: {}", stderr(&out));
+    assert_eq!(stdout(&out), "");
+    assert!(started.elapsed() < std::time::Duration::from_secs(10));
+    let out = python(
+        policy(PolicySpec::default()),
+        "import os, sys\n\
+         print(repr(sys.stdin.read()))\n\
+         try:\n    os.write(0, b'x'); print('written')\n\
+         except OSError as e: print('refused', e.errno)",
+    );
+    assert_eq!(
+        stdout(&out),
+        format!("''\nrefused {}\n", libc::EBADF),
+        "stderr: {}",
+        stderr(&out)
+    );
+}
+
+#[test]
 fn a_granted_cwd_is_used_and_kept() {
     let dir = open_dir();
     if is_root() {
