@@ -49,7 +49,10 @@ fn janitor() -> Option<&'static Janitor> {
                     for chore in receiver {
                         match chore {
                             Chore::Prepare(place) => prepare(place),
-                            Chore::Remove(path) => remove(&path),
+                            Chore::Remove(path) => {
+                                remove(&path);
+                                top_up();
+                            }
                         }
                     }
                 })
@@ -67,12 +70,36 @@ impl Janitor {
         self.chores.send(chore).map_err(|e| e.0)
     }
 
-    fn take_ready(&self, place: &Place) -> Option<PathBuf> {
-        self.ready
+    /// A ready directory of `place`, if there is one, and whether the janitor knows `place`.
+    fn take_ready(&self, place: &Place) -> (Option<PathBuf>, bool) {
+        match self
+            .ready
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
-            .get_mut(place)?
-            .pop()
+            .get_mut(place)
+        {
+            Some(ready) => (ready.pop(), true),
+            None => (None, false),
+        }
+    }
+}
+
+/// Tops up the ready directories of every place in use (on the janitor's thread). Every run
+/// that takes a directory sends it back for removal, so topping up there keeps the places
+/// stocked with one wake-up of the janitor per run instead of two.
+fn top_up() {
+    let Some(janitor) = janitor() else {
+        return;
+    };
+    let places: Vec<Place> = janitor
+        .ready
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .keys()
+        .cloned()
+        .collect();
+    for place in places {
+        prepare(place);
     }
 }
 
@@ -176,9 +203,13 @@ impl WorkDir {
     pub fn create(root: &Path, owner: Option<(u32, u32)>) -> io::Result<Self> {
         let place = (root.to_owned(), owner);
         let janitor = janitor();
-        let ready = janitor.and_then(|j| j.take_ready(&place));
-        if let Some(janitor) = janitor {
-            // A failed send means the janitor is gone; runs then make their own.
+        let (ready, known) = janitor.map_or((None, true), |j| j.take_ready(&place));
+        if let Some(janitor) = janitor
+            && !known
+        {
+            // The janitor tops up the places it knows when a run's directory comes back; a
+            // new place is introduced to it once. A failed send means the janitor is gone,
+            // and runs then make their own.
             let _ = janitor.send(Chore::Prepare(place));
         }
         let path = match ready {
