@@ -335,16 +335,11 @@ pub(crate) async fn spawn(spec: &SpawnSpec<'_>) -> Result<Spawned, RunError> {
         report: report_w.as_raw_fd(),
         empty_mask,
         default_action,
-        _owned: [
-            stdin_r,
-            Some(stdout_w),
-            Some(stderr_w),
-            Some(report_w),
-        ]
-        .into_iter()
-        .chain([cgroup_procs, landlock])
-        .flatten()
-        .collect(),
+        _owned: [stdin_r, Some(stdout_w), Some(stderr_w), Some(report_w)]
+            .into_iter()
+            .chain([cgroup_procs, landlock])
+            .flatten()
+            .collect(),
     };
     let (reply, answer) = oneshot::channel();
     let job = Job {
