@@ -10,15 +10,17 @@ use anyhow::{Context, Result};
 use super::{
     BenchServer, ROUNDS, build_release, free_port, loadgen, median, print_row, wait_for_port,
 };
+use crate::tools::ensure_apt_program;
 
 pub(super) fn run(root: &Path) -> Result<()> {
+    let openssl_program = ensure_apt_program("openssl", "openssl")?;
     let release = build_release(root)?;
     let server = BenchServer::start(&release, "")?;
     let certs = server.certs();
     let certs_arg = certs.to_str().context("certificate path is not UTF-8")?;
 
     let port = free_port()?;
-    let mut openssl = Command::new("openssl")
+    let mut openssl = Command::new(&openssl_program)
         .args(["s_server", "-quiet", "-www", "-tls1_3", "-Verify", "1"])
         .arg("-accept")
         .arg(format!("127.0.0.1:{port}"))
@@ -31,7 +33,7 @@ pub(super) fn run(root: &Path) -> Result<()> {
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
-        .context("starting openssl s_server (apt-get install openssl)")?;
+        .context("starting openssl s_server")?;
     wait_for_port(port)?;
 
     let mut ours = Vec::new();
@@ -49,7 +51,7 @@ pub(super) fn run(root: &Path) -> Result<()> {
                 "2",
             ],
         )?);
-        theirs.push(s_time(&certs, port)?);
+        theirs.push(s_time(&openssl_program, &certs, port)?);
     }
     let mut unary = Vec::new();
     for _ in 0..ROUNDS {
@@ -88,8 +90,8 @@ pub(super) fn run(root: &Path) -> Result<()> {
 }
 
 /// `openssl s_time -new` for two seconds: full handshakes per second.
-fn s_time(certs: &Path, port: u16) -> Result<f64> {
-    let output = Command::new("openssl")
+fn s_time(openssl: &Path, certs: &Path, port: u16) -> Result<f64> {
+    let output = Command::new(openssl)
         .args(["s_time", "-new", "-time", "2"])
         .arg("-connect")
         .arg(format!("127.0.0.1:{port}"))
