@@ -3,6 +3,8 @@
 //!
 //! - [`profile`] is the policy-as-data module (system read set, seccomp deny list) and
 //!   [`render_linux_profile`] prints it; both compile on every host.
+//! - [`mount_private_tmpfs`] gives the work directories a size-limited tmpfs that only the
+//!   server and its runs see (Linux only).
 //! - [`candidates`] returns the four Linux backends (`landlock`, `seccomp`, `soft`, `none`)
 //!   for [`sandbox_core::Manager::new`]; [`manager`] does both steps.
 //!
@@ -50,6 +52,8 @@ mod linux;
 use std::path::PathBuf;
 use std::sync::Arc;
 
+#[cfg(target_os = "linux")]
+pub use linux::work_fs::{WorkFsError, mount_private_tmpfs};
 pub use profile::render_linux_profile;
 use sandbox_core::{Manager, ManagerConfig, ManagerError, Sandbox};
 

@@ -82,10 +82,13 @@ pub fn run_cli() -> Result<()> {
             let overrides = Overrides { data_dir, listen };
             let config = Config::load(config.as_deref(), &overrides)?;
             init_logging(&config);
+            // Before the runtime: the mount namespace is per thread, and every
+            // thread started afterwards must share the one holding the tmpfs.
+            let work_fs = config.sandbox.prepare_work_fs(&config.data_dir)?;
             let runtime = tokio::runtime::Builder::new_multi_thread()
                 .enable_all()
                 .build()?;
-            runtime.block_on(serve::run(config))
+            runtime.block_on(serve::run(config, work_fs))
         }
         Command::Audit { command } => audit_cli::run(command),
         Command::Profile { platform, policy } => profile::run(platform, policy),

@@ -20,9 +20,12 @@ use crate::layers::limits::{ConcurrencyCapLayer, MessageSizeLimitLayer};
 use crate::listener;
 use crate::proto;
 use crate::services::identity::IdentityService;
+use crate::services::sandbox::config::WorkFsOutcome;
 use crate::tls::{TlsFiles, TlsState};
 
-pub(crate) async fn run(config: Config) -> Result<()> {
+/// Serves until SIGTERM or SIGINT. `work_fs` is what [`crate::services::sandbox::config::SandboxConfig::prepare_work_fs`]
+/// made of the work root before the runtime started.
+pub(crate) async fn run(config: Config, work_fs: WorkFsOutcome) -> Result<()> {
     // Installed first, so that a SIGTERM arriving at any point after the
     // listening banner shuts down gracefully instead of killing the process.
     let termination = termination_signals()?;
@@ -94,6 +97,7 @@ pub(crate) async fn run(config: Config) -> Result<()> {
             config.sandbox.manager(&config.data_dir)?,
             config.sandbox.trust.clone(),
             Some(limiter.clone()),
+            &work_fs,
         ),
     )
     .max_decoding_message_size(max_message);

@@ -4,6 +4,7 @@ mod cgroup;
 mod landlock;
 mod seccomp;
 mod spawn;
+pub(crate) mod work_fs;
 
 use std::collections::BTreeMap;
 use std::future::Future;

@@ -23,7 +23,7 @@ use tonic::metadata::{MetadataMap, MetadataValue};
 use tonic::{Code, Request, Response, Status};
 use tonic_types::{ErrorDetails, StatusExt};
 
-use self::config::{TrustConfig, TrustLevel};
+use self::config::{TrustConfig, TrustLevel, WorkFsOutcome};
 use crate::notes::{self, CallNotes};
 use crate::proto::sandbox::v1 as pb;
 use crate::services::identity::caller;
@@ -33,6 +33,8 @@ pub(crate) struct SandboxService {
     manager: Manager,
     trust: TrustConfig,
     limiter: Option<Arc<Limiter>>,
+    /// What holds the work directories, reported as the `work_directory` layer.
+    work_directory: String,
 }
 
 /// A request that passed every check and is ready to run.
@@ -45,11 +47,17 @@ struct Admitted {
 }
 
 impl SandboxService {
-    pub(crate) fn new(manager: Manager, trust: TrustConfig, limiter: Option<Arc<Limiter>>) -> Self {
+    pub(crate) fn new(
+        manager: Manager,
+        trust: TrustConfig,
+        limiter: Option<Arc<Limiter>>,
+        work_fs: &WorkFsOutcome,
+    ) -> Self {
         Self {
             manager,
             trust,
             limiter,
+            work_directory: work_fs.describe(),
         }
     }
 
@@ -174,7 +182,11 @@ impl pb::sandbox_server::Sandbox for SandboxService {
         &self,
         _request: Request<pb::GetCapabilitiesRequest>,
     ) -> Result<Response<pb::Capabilities>, Status> {
-        Ok(Response::new(capabilities(self.manager.capabilities())))
+        let mut capabilities = capabilities(self.manager.capabilities());
+        capabilities
+            .layers
+            .insert("work_directory".to_owned(), self.work_directory.clone());
+        Ok(Response::new(capabilities))
     }
 }
 

@@ -109,6 +109,88 @@ fn sigterm_lets_a_run_in_flight_finish_then_exits_zero() {
     assert!(status.success(), "{status}\n{}", server.log());
 }
 
+/// Whether this test process runs as root: the server it starts then mounts
+/// the private tmpfs by default.
+fn running_as_root() -> bool {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+    let uid_line = status.lines().find(|l| l.starts_with("Uid:")).unwrap();
+    uid_line.split_whitespace().nth(2) == Some("0")
+}
+
+/// The line of a process's mount table for a tmpfs Cordon mounted on `path`.
+fn work_fs_mount(mountinfo: &str, path: &Path) -> Option<String> {
+    let path = path.to_str().unwrap();
+    mountinfo
+        .lines()
+        .find(|l| l.split_whitespace().nth(4) == Some(path) && l.contains(" - tmpfs cordon-work "))
+        .map(str::to_owned)
+}
+
+/// Runs the Python work_fs suite on a server started with `extra`, expecting
+/// a private tmpfs of `size_bytes` or not, and returns the server.
+fn work_fs_suite(extra: &str, size_bytes: u64, expect_tmpfs: bool) -> TestServer {
+    let (server, context) = start(extra);
+    let context = with(context, "mode", json!("work_fs"));
+    let context = with(context, "expect_tmpfs", json!(expect_tmpfs));
+    let context = with(context, "work_fs_size_bytes", json!(size_bytes));
+    harness::run_python("test_sandbox.py", &context);
+    server
+}
+
+#[test]
+fn work_directories_live_on_a_private_size_limited_tmpfs() {
+    const SIZE: u64 = 4 << 20;
+    if !running_as_root() {
+        // Without the right to mount, `auto` says so and keeps a directory,
+        // and a server that requires the tmpfs does not start.
+        let server = work_fs_suite("", SIZE, false);
+        assert!(
+            server.log().contains("no private tmpfs"),
+            "{}",
+            server.log()
+        );
+        refuses_to_start(
+            "[sandbox]\nwork_fs = \"tmpfs\"\n",
+            "cannot mount a private tmpfs",
+        );
+        return;
+    }
+    let server = work_fs_suite(&format!("work_fs_size_bytes = {SIZE}"), SIZE, true);
+    let work_root = server.dir.path().join("runs");
+    let servers_mounts =
+        std::fs::read_to_string(format!("/proc/{}/mountinfo", server.child.id())).unwrap();
+    let mount = work_fs_mount(&servers_mounts, &work_root)
+        .unwrap_or_else(|| panic!("no tmpfs on {}:\n{servers_mounts}", work_root.display()));
+    assert!(
+        mount.contains("nosuid") && mount.contains("nodev"),
+        "{mount}"
+    );
+    assert!(mount.contains("size=4096k"), "{mount}");
+    // The mount is the server's own: the rest of the host never sees it.
+    let our_mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    assert_eq!(work_fs_mount(&our_mounts, &work_root), None, "{our_mounts}");
+    // Explicitly required, it is mounted just the same.
+    let required = work_fs_suite(
+        &format!("work_fs = \"tmpfs\"\nwork_fs_size_bytes = {SIZE}"),
+        SIZE,
+        true,
+    );
+    drop(required);
+}
+
+#[test]
+fn work_fs_directory_keeps_the_work_directories_on_the_host_file_system() {
+    let server = work_fs_suite("work_fs = \"directory\"", 1 << 30, false);
+    let work_root = server.dir.path().join("runs");
+    let servers_mounts =
+        std::fs::read_to_string(format!("/proc/{}/mountinfo", server.child.id())).unwrap();
+    assert_eq!(
+        work_fs_mount(&servers_mounts, &work_root),
+        None,
+        "{servers_mounts}"
+    );
+}
+
 /// `cordon serve` with `config` must exit with an error mentioning `message`.
 fn refuses_to_start(config: &str, message: &str) {
     let dir = tempfile::tempdir().unwrap();
@@ -129,6 +211,14 @@ fn bad_sandbox_configuration_refuses_to_start() {
     refuses_to_start(
         "[sandbox.trust]\ndefault = \"maybe\"\n",
         "invalid configuration",
+    );
+    refuses_to_start(
+        "[sandbox]\nwork_fs = \"ramdisk\"\n",
+        "invalid configuration",
+    );
+    refuses_to_start(
+        "[sandbox]\nwork_fs_size_bytes = 0\n",
+        "work_fs_size_bytes must be above 0",
     );
     refuses_to_start(
         "[sandbox.max_limits]\ntimeout_ms = 0\ncpu_time_ms = 1\nmemory_bytes = 1\n\

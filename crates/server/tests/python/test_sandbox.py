@@ -3,8 +3,9 @@
 Every attack checks its effect from outside the sandbox (the file is still
 there, the listener saw nothing, the process is still alive or is gone), not
 only the exit code. The context's "mode" picks the suite: "attacks" (the
-main server), "soft" (a server on the soft backend) or "sigterm" (a run in
-flight while the server is told to stop).
+main server), "soft" (a server on the soft backend), "sigterm" (a run in
+flight while the server is told to stop) or "work_fs" (what holds the work
+directories).
 """
 
 import os
@@ -635,10 +636,55 @@ def soft_suite():
     return [test_soft_backend_reports_and_refuses_kernel_enforcement]
 
 
+def work_fs_suite():
+    """The work directories' file system as configured: a private tmpfs whose size bounds what
+    runs can write, or the host's file system. The Rust side checks the mount tables."""
+    size = CTX["work_fs_size_bytes"]
+
+    def test_capabilities_say_what_holds_the_work_directories():
+        layer = stub().GetCapabilities(pb.GetCapabilitiesRequest(), timeout=10).layers["work_directory"]
+        expected = f"private tmpfs of {size} bytes" if CTX["expect_tmpfs"] else "directory on the host file system"
+        assert layer.startswith(expected), layer
+
+    def test_a_run_writes_in_its_directory_within_the_tmpfs_size():
+        r = run(["sh", "-c", "stat -f -c %T . && head -c 1048576 /dev/zero > small && wc -c < small"],
+                policy(limits={"max_file_size_bytes": 64 << 20}))
+        assert r.exit_code == 0, r
+        fs_type, written = out(r).split()
+        assert written == "1048576", r
+        if CTX["expect_tmpfs"]:
+            assert fs_type == "tmpfs", r
+
+    def test_writing_past_the_tmpfs_size_fails_and_the_space_comes_back():
+        # The file-size limit is far above the tmpfs, so only the tmpfs can stop the write.
+        limits = {"max_file_size_bytes": 64 << 20}
+        r = run(["sh", "-c", f"head -c {2 * size} /dev/zero > big; echo status=$?; wc -c < big"],
+                policy(limits=limits))
+        status, written = out(r).split()
+        assert status != "status=0" and int(written) <= size, r
+        assert b"No space left on device" in r.stderr, r
+        # The directory of that run is removed after it, which frees the tmpfs for the next.
+        deadline = time.monotonic() + 10
+        while True:
+            r = run(["sh", "-c", f"head -c {size // 2} /dev/zero > half && wc -c < half"], policy(limits=limits))
+            if r.exit_code == 0 or time.monotonic() > deadline:
+                break
+            time.sleep(0.1)
+        assert r.exit_code == 0 and out(r).strip() == str(size // 2), r
+
+    suite = [test_capabilities_say_what_holds_the_work_directories,
+             test_a_run_writes_in_its_directory_within_the_tmpfs_size]
+    if CTX["expect_tmpfs"]:
+        suite.append(test_writing_past_the_tmpfs_size_fails_and_the_space_comes_back)
+    return suite
+
+
 if __name__ == "__main__":
     mode = CTX["mode"]
     if mode == "sigterm":
         run_tests([sigterm_suite])
+    elif mode == "work_fs":
+        run_tests(work_fs_suite())
     elif mode == "soft":
         run_tests(soft_suite())
     else:

@@ -29,6 +29,12 @@ pub(crate) struct SandboxConfig {
     pub(crate) run_gid: u32,
     /// Where per-run work directories are created. Default: `<data_dir>/runs`.
     pub(crate) work_root: Option<PathBuf>,
+    /// What holds the work root: `auto` (a private tmpfs when the server may
+    /// mount one, else a plain directory), `tmpfs` (refuse to start without
+    /// it) or `directory`.
+    pub(crate) work_fs: WorkFs,
+    /// Size of the private tmpfs, shared by all runs at once.
+    pub(crate) work_fs_size_bytes: u64,
     /// Runs at once; beyond it RESOURCE_EXHAUSTED at once. 0 means 4 per CPU.
     pub(crate) max_concurrent_runs: usize,
     /// Put each run in its own pids cgroup when the server is root.
@@ -48,9 +54,49 @@ impl Default for SandboxConfig {
             run_uid: linux.run_uid,
             run_gid: linux.run_gid,
             work_root: None,
+            work_fs: WorkFs::Auto,
+            work_fs_size_bytes: DEFAULT_WORK_FS_BYTES,
             max_concurrent_runs: 0,
             cgroup: linux.cgroup,
             trust: TrustConfig::default(),
+        }
+    }
+}
+
+/// 1 GiB: room for the default concurrency of runs writing a few hundred
+/// MiB between them, in memory that the operator can count on.
+const DEFAULT_WORK_FS_BYTES: u64 = 1 << 30;
+
+/// `sandbox.work_fs`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub(crate) enum WorkFs {
+    Auto,
+    Tmpfs,
+    Directory,
+}
+
+/// What holds the work root once [`SandboxConfig::prepare_work_fs`] has run.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum WorkFsOutcome {
+    /// A tmpfs of this many bytes that only the server and its runs see.
+    PrivateTmpfs { size_bytes: u64 },
+    /// A plain directory, for the reason given.
+    Directory { why: String },
+}
+
+impl WorkFsOutcome {
+    /// The sentence `GetCapabilities` reports as the `work_directory` layer.
+    pub(crate) fn describe(&self) -> String {
+        match self {
+            Self::PrivateTmpfs { size_bytes } => format!(
+                "private tmpfs of {size_bytes} bytes (nosuid, nodev) in the server's own mount \
+                 namespace: runs share it and cannot fill the disk of the data directory"
+            ),
+            Self::Directory { why } => format!(
+                "directory on the host file system ({why}): runs can fill that file system \
+                 within their file-size and process limits"
+            ),
         }
     }
 }
@@ -178,7 +224,68 @@ impl SandboxConfig {
         sandbox_darwin::manager(&darwin, config)
     }
 
+    /// The work root, absolute: `work_root` or `<data_dir>/runs`.
+    fn work_root(&self, data_dir: &Path) -> Result<PathBuf> {
+        let data_dir = std::path::absolute(data_dir)
+            .with_context(|| format!("cannot resolve data directory {}", data_dir.display()))?;
+        Ok(self
+            .work_root
+            .clone()
+            .unwrap_or_else(|| data_dir.join("runs")))
+    }
+
+    /// Puts the work root on a private tmpfs as `work_fs` asks. Must run
+    /// before the process starts its first thread (see
+    /// [`sandbox_linux::mount_private_tmpfs`]); a mount that `auto` cannot make
+    /// is logged and leaves a plain directory, one that `tmpfs` requires
+    /// stops the server.
+    pub(crate) fn prepare_work_fs(&self, data_dir: &Path) -> Result<WorkFsOutcome> {
+        if self.work_fs == WorkFs::Directory {
+            return Ok(WorkFsOutcome::Directory {
+                why: "sandbox.work_fs = \"directory\"".into(),
+            });
+        }
+        if self.work_fs_size_bytes == 0 {
+            bail!("sandbox.work_fs_size_bytes must be above 0");
+        }
+        let work_root = self.work_root(data_dir)?;
+        if !work_root.is_absolute() {
+            bail!(
+                "sandbox.work_root must be absolute, not {}",
+                work_root.display()
+            );
+        }
+        std::fs::create_dir_all(&work_root)
+            .with_context(|| format!("cannot create sandbox work root {}", work_root.display()))?;
+        match mount_work_fs(&work_root, self.work_fs_size_bytes) {
+            Ok(()) => {
+                tracing::info!(
+                    work_root = %work_root.display(),
+                    size_bytes = self.work_fs_size_bytes,
+                    "work directories on a private tmpfs"
+                );
+                Ok(WorkFsOutcome::PrivateTmpfs {
+                    size_bytes: self.work_fs_size_bytes,
+                })
+            }
+            Err(error) if self.work_fs == WorkFs::Auto => {
+                let why = format!("no private tmpfs: {error}");
+                tracing::warn!(
+                    work_root = %work_root.display(),
+                    "work directories on the host file system, {why}; a run can fill the disk \
+                     it shares with the data directory (see SECURITY.md)"
+                );
+                Ok(WorkFsOutcome::Directory { why })
+            }
+            Err(error) => Err(error.context(format!(
+                "sandbox.work_fs = \"tmpfs\": cannot mount a private tmpfs on {}",
+                work_root.display()
+            ))),
+        }
+    }
+
     pub(crate) fn manager(&self, data_dir: &Path) -> Result<Manager> {
+        let work_root = self.work_root(data_dir)?;
         let data_dir = std::path::absolute(data_dir)
             .with_context(|| format!("cannot resolve data directory {}", data_dir.display()))?;
         let forbidden = data_dir
@@ -193,10 +300,6 @@ impl SandboxConfig {
             defaults: self.default_limits.into(),
         })
         .context("invalid [sandbox] ceiling")?;
-        let work_root = self
-            .work_root
-            .clone()
-            .unwrap_or_else(|| data_dir.join("runs"));
         prepare_work_root(&data_dir, &work_root)?;
         let max_concurrent_runs = match self.max_concurrent_runs {
             0 => 4 * std::thread::available_parallelism().map_or(1, |n| n.get()),
@@ -223,6 +326,16 @@ impl SandboxConfig {
         }
         Ok(manager)
     }
+}
+
+#[cfg(target_os = "linux")]
+fn mount_work_fs(work_root: &Path, size_bytes: u64) -> Result<()> {
+    Ok(sandbox_linux::mount_private_tmpfs(work_root, size_bytes)?)
+}
+
+#[cfg(not(target_os = "linux"))]
+fn mount_work_fs(_work_root: &Path, _size_bytes: u64) -> Result<()> {
+    bail!("private tmpfs mounts are only made on Linux")
 }
 
 /// Creates the work root and lets the unprivileged run uid traverse to it.
