@@ -23,8 +23,8 @@ use crate::services::identity::IdentityService;
 use crate::services::sandbox::config::WorkFsOutcome;
 use crate::tls::{TlsFiles, TlsState};
 
-/// Serves until SIGTERM or SIGINT. `work_fs` is what [`crate::services::sandbox::config::SandboxConfig::prepare_work_fs`]
-/// made of the work root before the runtime started.
+/// Serves until SIGTERM or SIGINT. `work_fs` says what holds the work root,
+/// which `SandboxConfig::prepare_work_fs` set up before the runtime started.
 pub(crate) async fn run(config: Config, work_fs: WorkFsOutcome) -> Result<()> {
     // Installed first, so that a SIGTERM arriving at any point after the
     // listening banner shuts down gracefully instead of killing the process.
