@@ -224,14 +224,12 @@ impl SandboxConfig {
         sandbox_darwin::manager(&darwin, config)
     }
 
-    /// The work root, absolute: `work_root` or `<data_dir>/runs`.
-    fn work_root(&self, data_dir: &Path) -> Result<PathBuf> {
-        let data_dir = std::path::absolute(data_dir)
-            .with_context(|| format!("cannot resolve data directory {}", data_dir.display()))?;
-        Ok(self
-            .work_root
+    /// The work root: `work_root` as configured, or `runs` in the (absolute)
+    /// data directory.
+    fn work_root(&self, data_dir: &Path) -> PathBuf {
+        self.work_root
             .clone()
-            .unwrap_or_else(|| data_dir.join("runs")))
+            .unwrap_or_else(|| data_dir.join("runs"))
     }
 
     /// Puts the work root on a private tmpfs as `work_fs` asks. Must run
@@ -248,7 +246,7 @@ impl SandboxConfig {
         if self.work_fs_size_bytes == 0 {
             bail!("sandbox.work_fs_size_bytes must be above 0");
         }
-        let work_root = self.work_root(data_dir)?;
+        let work_root = self.work_root(&absolute(data_dir)?);
         if !work_root.is_absolute() {
             bail!(
                 "sandbox.work_root must be absolute, not {}",
@@ -272,8 +270,8 @@ impl SandboxConfig {
                 let why = format!("no private tmpfs: {error}");
                 tracing::warn!(
                     work_root = %work_root.display(),
-                    "work directories on the host file system, {why}; a run can fill the disk \
-                     it shares with the data directory (see SECURITY.md)"
+                    "work directories on the host file system, {why}; a run can fill the file \
+                     system they are on (see SECURITY.md)"
                 );
                 Ok(WorkFsOutcome::Directory { why })
             }
@@ -285,9 +283,8 @@ impl SandboxConfig {
     }
 
     pub(crate) fn manager(&self, data_dir: &Path) -> Result<Manager> {
-        let work_root = self.work_root(data_dir)?;
-        let data_dir = std::path::absolute(data_dir)
-            .with_context(|| format!("cannot resolve data directory {}", data_dir.display()))?;
+        let data_dir = absolute(data_dir)?;
+        let work_root = self.work_root(&data_dir);
         let forbidden = data_dir
             .to_str()
             .with_context(|| format!("data directory {} is not UTF-8", data_dir.display()))?
@@ -326,6 +323,11 @@ impl SandboxConfig {
         }
         Ok(manager)
     }
+}
+
+fn absolute(data_dir: &Path) -> Result<PathBuf> {
+    std::path::absolute(data_dir)
+        .with_context(|| format!("cannot resolve data directory {}", data_dir.display()))
 }
 
 #[cfg(target_os = "linux")]
