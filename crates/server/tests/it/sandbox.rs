@@ -1,5 +1,6 @@
 //! The Sandbox service through grpcio: the attack suite, the API's own
-//! checks, the soft fallback, start-up refusals and graceful shutdown.
+//! checks, the soft fallback, where the work directories live, start-up
+//! refusals and graceful shutdown.
 
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -109,12 +110,21 @@ fn sigterm_lets_a_run_in_flight_finish_then_exits_zero() {
     assert!(status.success(), "{status}\n{}", server.log());
 }
 
-/// Whether this test process runs as root: the server it starts then mounts
-/// the private tmpfs by default.
-fn running_as_root() -> bool {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap();
-    let uid_line = status.lines().find(|l| l.starts_with("Uid:")).unwrap();
-    uid_line.split_whitespace().nth(2) == Some("0")
+/// Whether a process started here may mount a private tmpfs, asked of
+/// util-linux's `unshare` and `mount` in a throwaway namespace: root is not
+/// enough where a container withholds CAP_SYS_ADMIN or its security profile
+/// forbids mounts, and there the server's `auto` must fall back instead.
+fn host_allows_private_mounts() -> bool {
+    let target = tempfile::tempdir().unwrap();
+    std::process::Command::new("unshare")
+        .args(["--mount", "--propagation", "slave", "mount", "-t", "tmpfs"])
+        .args(["-o", "size=1M", "cordon-probe"])
+        .arg(target.path())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status()
+        .expect("running util-linux unshare")
+        .success()
 }
 
 /// The line of a process's mount table for a tmpfs Cordon mounted on `path`.
@@ -140,7 +150,7 @@ fn work_fs_suite(extra: &str, size_bytes: u64, expect_tmpfs: bool) -> TestServer
 #[test]
 fn work_directories_live_on_a_private_size_limited_tmpfs() {
     const SIZE: u64 = 4 << 20;
-    if !running_as_root() {
+    if !host_allows_private_mounts() {
         // Without the right to mount, `auto` says so and keeps a directory,
         // and a server that requires the tmpfs does not start.
         let server = work_fs_suite("", SIZE, false);
