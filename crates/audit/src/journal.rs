@@ -81,16 +81,36 @@ pub(crate) fn read_journal(path: &Path) -> Result<Option<Contents>, StoreError> 
         Err(e) if e.kind() == ErrorKind::NotFound => return Ok(None),
         Err(e) => return Err(e).at(path),
     };
+    let (frames, damage) = split_frames(&bytes);
+    let frames = frames
+        .into_iter()
+        .map(|frame| Frame {
+            seq: frame.seq,
+            canonical: frame.canonical.to_vec(),
+            hash: frame.hash,
+        })
+        .collect();
+    Ok(Some(Contents { frames, damage }))
+}
+
+/// One frame inside a buffer of frames.
+pub(crate) struct FrameRef<'a> {
+    pub(crate) seq: u64,
+    pub(crate) canonical: &'a [u8],
+    pub(crate) hash: ChainHash,
+}
+
+/// The whole frames at the start of `bytes`, and what is wrong after them, if anything (see
+/// [`Contents::damage`]).
+pub(crate) fn split_frames(bytes: &[u8]) -> (Vec<FrameRef<'_>>, Option<String>) {
     let mut frames = Vec::new();
-    let mut rest = bytes.as_slice();
-    let mut damage = None;
+    let mut rest = bytes;
     while rest.len() >= 4 {
         let mut len = [0u8; 4];
         len.copy_from_slice(&rest[..4]);
         let len = usize::try_from(u32::from_be_bytes(len)).unwrap_or(usize::MAX);
         if !(9..=MAX_FRAME_BYTES).contains(&len) {
-            damage = Some(format!("a frame announces {len} bytes"));
-            break;
+            return (frames, Some(format!("a frame announces {len} bytes")));
         }
         let Some(frame) = rest.get(4..4 + len + HASH_BYTES) else {
             break;
@@ -98,18 +118,18 @@ pub(crate) fn read_journal(path: &Path) -> Result<Option<Contents>, StoreError> 
         let (canonical, hash) = frame.split_at(len);
         let mut seq = [0u8; 8];
         seq.copy_from_slice(&canonical[1..9]);
-        frames.push(Frame {
+        frames.push(FrameRef {
             seq: u64::from_be_bytes(seq),
-            canonical: canonical.to_vec(),
+            canonical,
             hash: ChainHash::from_slice(hash).unwrap_or_else(|| unreachable!()),
         });
         rest = &rest[4 + len + HASH_BYTES..];
     }
-    Ok(Some(Contents { frames, damage }))
+    (frames, None)
 }
 
-/// A frame whose seq and hash [`Journal::write`] fills in once the record's place in the chain
-/// is known. Encoding the entry before taking the journal's lock keeps the lock short.
+/// A frame whose seq and hash [`UnplacedFrame::place`] fills in once the record's place in the
+/// chain is known. Encoding the entry before taking the journal's lock keeps the lock short.
 pub(crate) struct UnplacedFrame(Vec<u8>);
 
 impl UnplacedFrame {
@@ -122,6 +142,17 @@ impl UnplacedFrame {
         bytes[..4].copy_from_slice(&len.to_be_bytes());
         bytes.extend_from_slice(&[0; HASH_BYTES]);
         UnplacedFrame(bytes)
+    }
+
+    /// Gives the frame its seq and its hash after `prev`, and returns the hash and the whole
+    /// frame, ready for [`Journal::write`].
+    pub(crate) fn place(&mut self, seq: u64, prev: &ChainHash) -> (ChainHash, &[u8]) {
+        let bytes = &mut self.0;
+        let end = bytes.len() - HASH_BYTES;
+        bytes[5..13].copy_from_slice(&seq.to_be_bytes());
+        let hash = chain_hash_of_bytes(prev, &bytes[4..end]);
+        bytes[end..].copy_from_slice(&hash.0);
+        (hash, bytes)
     }
 }
 
@@ -180,27 +211,16 @@ impl Journal {
         self.rotate_at = self.len + ROTATE_BYTES / 16;
     }
 
-    /// Gives the frame its seq and its hash after `prev`, appends it with a single `write`, after
-    /// which the record survives a kill -9, and returns the hash.
-    pub(crate) fn write(
-        &mut self,
-        frame: &mut UnplacedFrame,
-        seq: u64,
-        prev: &ChainHash,
-    ) -> Result<ChainHash, StoreError> {
+    /// Appends whole frames with a single `write`, after which their records survive a kill -9.
+    pub(crate) fn write(&mut self, frames: &[u8]) -> Result<(), StoreError> {
         if self.torn {
             self.file.set_len(self.len).at(&self.path)?;
             self.torn = false;
         }
-        let bytes = &mut frame.0;
-        let end = bytes.len() - HASH_BYTES;
-        bytes[5..13].copy_from_slice(&seq.to_be_bytes());
-        let hash = chain_hash_of_bytes(prev, &bytes[4..end]);
-        bytes[end..].copy_from_slice(&hash.0);
-        match self.file.write_all(bytes) {
+        match self.file.write_all(frames) {
             Ok(()) => {
-                self.len += bytes.len() as u64;
-                Ok(hash)
+                self.len += frames.len() as u64;
+                Ok(())
             }
             Err(e) => {
                 self.torn = true;

@@ -18,10 +18,11 @@
 //! queued up while it was committing and writes it in one transaction, so the cost of a commit is
 //! shared by all concurrent callers. When [`AuditLog::append`] resolves depends on the
 //! [`Durability`]:
-//! - [`Durability::ProcessCrash`] (the server's default): the record is chained and written to
-//!   the journal (`<data_dir>/audit/journal-*.log`) with one `write` on the calling task, and
-//!   acknowledged at once. The writer commits journaled records later in large batches, with
-//!   `synchronous = NORMAL`. An acknowledged record survives a kill -9 (the kernel holds the
+//! - [`Durability::ProcessCrash`] (the server's default): the record is chained at once and
+//!   written to the journal (`<data_dir>/audit/journal-*.log`) when its future is first polled or
+//!   dropped, in one `write` together with every other record queued by then, and acknowledged
+//!   as soon as that write returns. The writer commits journaled records later in large batches,
+//!   with `synchronous = NORMAL`. An acknowledged record survives a kill -9 (the kernel holds the
 //!   journal's data, and the next open commits what the segments miss), not a power cut.
 //! - [`Durability::Full`]: the append waits for the transaction holding it, and SQLite fsyncs the
 //!   WAL at every commit (`synchronous = FULL`), so an acknowledged record also survives a power

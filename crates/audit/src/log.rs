@@ -6,7 +6,7 @@ use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 use std::task::{Context as TaskContext, Poll};
 use std::thread::JoinHandle;
 
@@ -34,13 +34,15 @@ pub enum Durability {
     /// record survives a kill -9, a kernel crash and a power cut. Costs one fsync per batch.
     #[default]
     Full,
-    /// An append is chained and written to the journal (`journal-*.log` beside the segments)
-    /// with one `write` and acknowledged at once; the writer thread commits journaled records to
-    /// the segment later, in large batches, with `synchronous = NORMAL`. An acknowledged record
-    /// survives a kill -9 of the server, because the kernel holds the journal's data and the
-    /// next open commits what the segments miss. The last records can be lost to a kernel crash
-    /// or a power cut. The chain stays valid either way: a torn journal tail is an
-    /// unacknowledged append, and SQLite only drops whole transactions from the end of the WAL.
+    /// An append is chained at once and written to the journal (`journal-*.log` beside the
+    /// segments) when its future is first polled or dropped, with one `write` for every record
+    /// queued by then, and acknowledged when that write returns; the writer thread commits
+    /// journaled records to the segment later, in large batches, with `synchronous = NORMAL`. An
+    /// acknowledged record survives a kill -9 of the server, because the kernel holds the
+    /// journal's data and the next open commits what the segments miss. The last records can be
+    /// lost to a kernel crash or a power cut. The chain stays valid either way: a torn journal
+    /// tail is an unacknowledged append, and SQLite only drops whole transactions from the end of
+    /// the WAL.
     ProcessCrash,
 }
 
@@ -52,9 +54,11 @@ pub struct Config {
     pub data_dir: PathBuf,
     /// What an acknowledged append promises.
     pub durability: Durability,
-    /// Most records committed in one transaction.
+    /// Most records committed in one transaction; records written to the journal together are
+    /// not split, so a transaction may exceed it by one such group.
     pub max_batch: usize,
-    /// Appends waiting for the writer before `append` itself waits (back-pressure).
+    /// Appends (with a journal: groups of appends written together) waiting for the writer
+    /// before `append` itself waits (back-pressure).
     pub queue_capacity: usize,
     /// Seal the active segment and start the next one at every seq that is a multiple of this
     /// (batches are cut there, so such a segment ends exactly at the multiple); 0 never seals on
@@ -120,10 +124,15 @@ enum Command {
         entry: Entry,
         ack: oneshot::Sender<Result<u64, AppendError>>,
     },
-    /// A record already chained, journaled and acknowledged, for the writer to commit.
+    /// Records already chained, journaled and acknowledged, for the writer to commit: their
+    /// frames exactly as one write put them into the journal.
     Ingest {
-        record: Chained,
-        /// A journal file that this record completes: it can go once the record is committed.
+        frames: Vec<u8>,
+        /// How many records the frames hold.
+        count: usize,
+        /// The hash the first of them chains from.
+        prev: ChainHash,
+        /// A journal file that the last of them completes: it can go once that is committed.
         retire: Option<PathBuf>,
     },
     Seal {
@@ -158,13 +167,16 @@ struct Inner {
     head: Arc<Mutex<Anchor>>,
     counters: Arc<Counters>,
     /// `Some` with [`Durability::ProcessCrash`]: the journal that appends write to.
-    journal: Option<Mutex<Journal>>,
+    journal: Option<Mutex<JournalState>>,
     /// The highest seq committed to a segment.
     committed: watch::Receiver<u64>,
 }
 
 impl Drop for Inner {
     fn drop(&mut self) {
+        // Every append future holds this value, so each one has already written its record;
+        // this only makes sure of it before the writer is told to finish.
+        self.write_journal();
         // Closing the channel lets the writer drain what is queued and return.
         self.sender.take();
         let handle = self
@@ -184,7 +196,7 @@ impl Drop for Inner {
             let journal = journal.into_inner().unwrap_or_else(PoisonError::into_inner);
             // Every record of the journal is committed; a journal that stays behind is only read
             // again and skipped by the next open.
-            if let Err(error) = fs::remove_file(journal.path()) {
+            if let Err(error) = fs::remove_file(journal.file.path()) {
                 tracing::warn!(%error, "cannot remove the committed audit journal");
             }
         }
@@ -296,7 +308,14 @@ impl AuditLog {
             hash: writer.head_hash,
         };
         let journal = if journaled {
-            Some(Mutex::new(Journal::create(&writer.dir, head_seq + 1)?))
+            Some(Mutex::new(JournalState {
+                file: Journal::create(&writer.dir, head_seq + 1)?,
+                unwritten: Vec::new(),
+                count: 0,
+                permit: None,
+                before: Anchor::default(),
+                outcome: Arc::default(),
+            }))
         } else {
             None
         };
@@ -332,8 +351,17 @@ impl AuditLog {
             Err(TryAppendError::Full(entry)) => {
                 let sender = self.sender().map_err(|()| AppendError::Closed)?;
                 if let Some(journal) = &self.inner.journal {
-                    let permit = sender.reserve().await.map_err(|_| AppendError::Closed)?;
-                    return self.journal_append(journal, permit, *entry);
+                    let permit = sender
+                        .clone()
+                        .reserve_owned()
+                        .await
+                        .map_err(|_| AppendError::Closed)?;
+                    return match self.journal_append(journal, *entry, Some(permit)) {
+                        Ok(appending) => appending.await,
+                        Err(TryAppendError::Append(error)) => Err(error),
+                        // A reserved place is never refused.
+                        Err(TryAppendError::Full(_)) => Err(AppendError::Closed),
+                    };
                 }
                 let (ack, done) = oneshot::channel();
                 sender
@@ -353,23 +381,16 @@ impl AuditLog {
     /// queued. The returned [`Appending`] resolves like [`AuditLog::append`]; dropping it does
     /// not withdraw the record. When the queue is full the entry comes back in
     /// [`TryAppendError::Full`], and [`AuditLog::append`] is the way to wait for room.
+    ///
+    /// With [`Durability::ProcessCrash`] the record is chained here and written to the journal
+    /// when the returned future is first polled or dropped, together with every record queued by
+    /// then: a caller that lets its other ready tasks run before awaiting shares that `write`
+    /// with them.
     pub fn try_append(&self, entry: Entry) -> Result<Appending, TryAppendError> {
         entry.validate().map_err(AppendError::from)?;
         let sender = self.sender().map_err(|()| AppendError::Closed)?;
         if let Some(journal) = &self.inner.journal {
-            let permit = match sender.try_reserve() {
-                Ok(permit) => permit,
-                Err(mpsc::error::TrySendError::Full(())) => {
-                    return Err(TryAppendError::Full(Box::new(entry)));
-                }
-                Err(mpsc::error::TrySendError::Closed(())) => {
-                    return Err(AppendError::Closed.into());
-                }
-            };
-            let acked = self.journal_append(journal, permit, entry)?;
-            return Ok(Appending {
-                state: AppendingState::Acknowledged(Some(acked)),
-            });
+            return self.journal_append(journal, entry, None);
         }
         let (ack, done) = oneshot::channel();
         match sender.try_send(Command::Append { entry, ack }) {
@@ -383,55 +404,66 @@ impl AuditLog {
         }
     }
 
-    /// Chains `entry` to the head, writes it to the journal and hands it to the writer, all under
-    /// the journal's lock, so that the journal, the writer's queue and the head agree on the order.
+    /// Chains `entry` to the head and adds it to the records waiting for the journal's next
+    /// write, under the journal's lock, so that the journal, the writer's queue and the head agree
+    /// on the order. The returned future writes them, unless another append's did first. The
+    /// records written together go to the writer as one command, in the place in its queue that
+    /// the first of them reserved (`reserved`, or one taken here).
     fn journal_append(
         &self,
-        journal: &Mutex<Journal>,
-        permit: mpsc::Permit<'_, Command>,
+        journal: &Mutex<JournalState>,
         entry: Entry,
-    ) -> Result<u64, AppendError> {
+        reserved: Option<mpsc::OwnedPermit<Command>>,
+    ) -> Result<Appending, TryAppendError> {
         let mut frame = UnplacedFrame::new(&entry);
-        let mut journal = journal.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut state = journal.lock().unwrap_or_else(PoisonError::into_inner);
+        if state.permit.is_none() {
+            let permit = match reserved {
+                Some(permit) => permit,
+                None => {
+                    let sender = self.sender().map_err(|()| AppendError::Closed)?;
+                    match sender.clone().try_reserve_owned() {
+                        Ok(permit) => permit,
+                        Err(mpsc::error::TrySendError::Full(_)) => {
+                            return Err(TryAppendError::Full(Box::new(entry)));
+                        }
+                        Err(mpsc::error::TrySendError::Closed(_)) => {
+                            return Err(AppendError::Closed.into());
+                        }
+                    }
+                }
+            };
+            state.permit = Some(permit);
+        }
         let mut head = self
             .inner
             .head
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
+        if state.count == 0 {
+            state.before = *head;
+        }
         let seq = head.seq + 1;
-        let failing = &self.inner.counters.journal_failing;
-        let hash = match journal.write(&mut frame, seq, &head.hash) {
-            Ok(hash) => hash,
-            Err(error) => {
-                failing.store(true, Ordering::Relaxed);
-                return Err(AppendError::Store(Arc::new(error)));
-            }
-        };
-        failing.store(false, Ordering::Relaxed);
-        let retire = if journal.is_due_for_rotation() {
-            match journal.next(seq + 1) {
-                Ok(next) => Some(std::mem::replace(&mut *journal, next).path().to_path_buf()),
-                Err(error) => {
-                    tracing::warn!(%error, "cannot start the next audit journal file");
-                    journal.postpone_rotation();
-                    None
-                }
-            }
-        } else {
-            None
-        };
-        let prev = head.hash;
+        let (hash, bytes) = frame.place(seq, &head.hash);
+        state.unwritten.extend_from_slice(bytes);
+        state.count += 1;
         *head = Anchor { seq, hash };
-        permit.send(Command::Ingest {
-            record: Chained {
+        drop(head);
+        let outcome = Arc::clone(&state.outcome);
+        if state.unwritten.len() >= WRITE_AT_BYTES {
+            state.write(&self.inner.head, &self.inner.counters);
+        }
+        drop(state);
+        // The entry's strings are freed here, on the caller's thread, where they were made; only
+        // the frames travel to the writer thread.
+        drop(entry);
+        Ok(Appending {
+            state: AppendingState::Journaled(Some(Unwritten {
                 seq,
-                entry,
-                prev,
-                hash,
-            },
-            retire,
-        });
-        Ok(seq)
+                outcome,
+                inner: Arc::clone(&self.inner),
+            })),
+        })
     }
 
     /// With a journal, waits (briefly) until the writer has committed every record acknowledged
@@ -450,6 +482,7 @@ impl AuditLog {
     /// segment whose genesis prev_hash is the sealed segment's last hash. Returns `None` when the
     /// active segment is empty, since an empty sealed segment would record nothing.
     pub async fn seal(&self) -> Result<Option<SealedSegment>, SealError> {
+        self.inner.write_journal();
         let (ack, done) = oneshot::channel();
         let sender = self.sender().map_err(|()| SealError::Closed)?;
         sender
@@ -462,6 +495,7 @@ impl AuditLog {
     /// The last acknowledged record. Storing it outside the data directory makes truncation and
     /// rewrites detectable (see [`crate::verify_dir_with_anchor`]).
     pub fn head(&self) -> Anchor {
+        self.inner.write_journal();
         *self
             .inner
             .head
@@ -534,8 +568,8 @@ pub struct Appending {
 enum AppendingState {
     /// Waiting for the writer's commit.
     Queued(oneshot::Receiver<Result<u64, AppendError>>),
-    /// Already in the journal; `None` once the seq has been handed out.
-    Acknowledged(Option<u64>),
+    /// Chained and on its way to the journal; `None` once the outcome has been handed out.
+    Journaled(Option<Unwritten>),
 }
 
 impl Future for Appending {
@@ -546,7 +580,125 @@ impl Future for Appending {
             AppendingState::Queued(done) => Pin::new(done)
                 .poll(cx)
                 .map(|acked| acked.unwrap_or(Err(AppendError::Closed))),
-            AppendingState::Acknowledged(seq) => Poll::Ready(seq.take().ok_or(AppendError::Closed)),
+            AppendingState::Journaled(unwritten) => Poll::Ready(
+                unwritten
+                    .take()
+                    .map_or(Err(AppendError::Closed), Unwritten::finish),
+            ),
+        }
+    }
+}
+
+/// How the journal write of a group of records went, shared by their [`Appending`] futures.
+type WriteOutcome = OnceLock<Result<(), Arc<StoreError>>>;
+
+/// Size of the records waiting for the journal at which the append that adds to them writes
+/// them at once, so that callers that never poll their appends cannot grow the buffer.
+const WRITE_AT_BYTES: usize = 256 << 10;
+
+/// The journal, and the records chained since its last write.
+///
+/// Appends only chain their record and add its frame here; the first of their futures to be
+/// polled (or dropped) writes every frame waiting, in one `write`. A server that lets its other
+/// ready calls run before it awaits an append thereby writes the records of all of them at
+/// once: the cost of the system call, the largest part of recording a call, is shared.
+#[derive(Debug)]
+struct JournalState {
+    file: Journal,
+    /// The frames of the records waiting for the write, in seq order.
+    unwritten: Vec<u8>,
+    /// How many records they are.
+    count: usize,
+    /// Their place in the writer's queue, taken by the first of them.
+    permit: Option<mpsc::OwnedPermit<Command>>,
+    /// The head before the first of them, restored when their write fails.
+    before: Anchor,
+    /// Where the outcome of their write goes.
+    outcome: Arc<WriteOutcome>,
+}
+
+impl JournalState {
+    /// Writes the waiting records to the journal and hands them to the writer. When the write
+    /// fails, none of them is acknowledged and the head goes back to where they started, so the
+    /// chain continues from the last record that was written.
+    fn write(&mut self, head: &Mutex<Anchor>, counters: &Counters) {
+        if self.count == 0 {
+            return;
+        }
+        let outcome = std::mem::take(&mut self.outcome);
+        let count = std::mem::take(&mut self.count);
+        let permit = self.permit.take();
+        let frames = std::mem::take(&mut self.unwritten);
+        if let Err(error) = self.file.write(&frames) {
+            counters.journal_failing.store(true, Ordering::Relaxed);
+            *head.lock().unwrap_or_else(PoisonError::into_inner) = self.before;
+            let _ = outcome.set(Err(Arc::new(error)));
+            return;
+        }
+        counters.journal_failing.store(false, Ordering::Relaxed);
+        let retire = if self.file.is_due_for_rotation() {
+            let next_seq = self.before.seq + count as u64 + 1;
+            match self.file.next(next_seq) {
+                Ok(next) => Some(std::mem::replace(&mut self.file, next).path().to_path_buf()),
+                Err(error) => {
+                    tracing::warn!(%error, "cannot start the next audit journal file");
+                    self.file.postpone_rotation();
+                    None
+                }
+            }
+        } else {
+            None
+        };
+        if let Some(permit) = permit {
+            permit.send(Command::Ingest {
+                frames,
+                count,
+                prev: self.before.hash,
+                retire,
+            });
+        }
+        let _ = outcome.set(Ok(()));
+    }
+}
+
+impl Inner {
+    /// Writes the records waiting for the journal, if there are any.
+    fn write_journal(&self) {
+        if let Some(journal) = &self.journal {
+            journal
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .write(&self.head, &self.counters);
+        }
+    }
+}
+
+/// A journaled append whose outcome has not been handed out. Dropping it writes its record, so a
+/// caller that stops waiting still has the record written and committed.
+#[derive(Debug)]
+struct Unwritten {
+    seq: u64,
+    outcome: Arc<WriteOutcome>,
+    inner: Arc<Inner>,
+}
+
+impl Unwritten {
+    fn finish(self) -> Result<u64, AppendError> {
+        if self.outcome.get().is_none() {
+            self.inner.write_journal();
+        }
+        match self.outcome.get() {
+            Some(Ok(())) => Ok(self.seq),
+            Some(Err(error)) => Err(AppendError::Store(Arc::clone(error))),
+            None => Err(AppendError::Closed),
+        }
+    }
+}
+
+impl Drop for Unwritten {
+    fn drop(&mut self) {
+        if self.outcome.get().is_none() {
+            self.inner.write_journal();
         }
     }
 }
@@ -662,18 +814,12 @@ impl Writer {
             for command in commands.drain(..) {
                 match command {
                     Command::Append { entry, ack } => appends.push(Pending::Waiting(entry, ack)),
-                    Command::Ingest { record, retire } => {
-                        if let Some(path) = retire {
-                            self.retired.push((record.seq, path));
-                        }
-                        if let Some((_, last)) = &mut self.left_in_journal {
-                            *last = record.seq;
-                        } else if appends.len() >= MAX_PENDING {
-                            self.left_in_journal = Some((record.seq, record.seq));
-                        } else {
-                            appends.push(Pending::Journaled(record));
-                        }
-                    }
+                    Command::Ingest {
+                        frames,
+                        prev,
+                        retire,
+                        ..
+                    } => self.ingest(&frames, prev, retire, &mut appends),
                     Command::Seal { ack } => {
                         self.commit(&mut appends);
                         // The caller may have gone away; the seal stands regardless.
@@ -685,6 +831,43 @@ impl Writer {
             if appends.is_empty() && self.left_in_journal.is_some() {
                 self.read_back(&mut appends);
             }
+        }
+    }
+
+    /// Takes journaled records into `appends`, or, beyond [`MAX_PENDING`], notes them as left in
+    /// the journal. Frames that do not decode are left in the journal too: reading them back from
+    /// the file reports what is wrong with them.
+    fn ingest(
+        &mut self,
+        frames: &[u8],
+        mut prev: ChainHash,
+        retire: Option<PathBuf>,
+        appends: &mut Vec<Pending>,
+    ) {
+        let (frames, _) = journal::split_frames(frames);
+        let Some(last_seq) = frames.last().map(|frame| frame.seq) else {
+            return;
+        };
+        if let Some(path) = retire {
+            self.retired.push((last_seq, path));
+        }
+        for frame in frames {
+            if let Some((_, last)) = &mut self.left_in_journal {
+                *last = frame.seq;
+                continue;
+            }
+            match decode_canonical(frame.canonical) {
+                Ok((_, entry)) if appends.len() < MAX_PENDING => {
+                    appends.push(Pending::Journaled(Chained {
+                        seq: frame.seq,
+                        entry,
+                        prev,
+                        hash: frame.hash,
+                    }));
+                }
+                _ => self.left_in_journal = Some((frame.seq, frame.seq)),
+            }
+            prev = frame.hash;
         }
     }
 
@@ -834,12 +1017,12 @@ impl Writer {
         let sealing = commands.iter().any(|c| matches!(c, Command::Seal { .. }));
         let linger = if self.journaled {
             JOURNAL_LINGER
-        } else if commands.len() >= 2 {
+        } else if records_in(commands) >= 2 {
             LINGER
         } else {
             return;
         };
-        if sealing || commands.len() >= self.max_batch {
+        if sealing || records_in(commands) >= self.max_batch {
             return;
         }
         std::thread::sleep(linger);
@@ -1031,18 +1214,34 @@ impl Writer {
     }
 }
 
-/// Moves queued commands into `commands` until `limit`; false once the queue is closed and empty.
+/// Moves queued commands into `commands` until they hold `limit` records; false once the queue
+/// is closed and empty.
 fn drain(
     receiver: &mut mpsc::Receiver<Command>,
     commands: &mut Vec<Command>,
     limit: usize,
 ) -> bool {
-    while commands.len() < limit {
+    let mut records = records_in(commands);
+    while records < limit {
         match receiver.try_recv() {
-            Ok(command) => commands.push(command),
+            Ok(command) => {
+                records += records_in(std::slice::from_ref(&command));
+                commands.push(command);
+            }
             Err(mpsc::error::TryRecvError::Empty) => return true,
             Err(mpsc::error::TryRecvError::Disconnected) => return false,
         }
     }
     true
+}
+
+/// The records `commands` carry; a seal counts as one.
+fn records_in(commands: &[Command]) -> usize {
+    commands
+        .iter()
+        .map(|command| match command {
+            Command::Ingest { count, .. } => *count,
+            Command::Append { .. } | Command::Seal { .. } => 1,
+        })
+        .sum()
 }

@@ -251,3 +251,60 @@ async fn records_of_a_long_outage_wait_in_the_journal_and_are_all_committed_afte
     assert_eq!(segments_only.records.len(), 2);
     assert_eq!(segments_only.records[1].entry, entry(total - 1));
 }
+
+/// Bytes in the log's journal files.
+fn journal_bytes(dir: &Path) -> u64 {
+    journals(dir)
+        .iter()
+        .map(|path| std::fs::metadata(path).unwrap().len())
+        .sum()
+}
+
+#[tokio::test]
+async fn appends_queued_together_are_written_to_the_journal_in_one_write() {
+    let tmp = tempfile::tempdir().unwrap();
+    let log = open_journaled(tmp.path());
+    let appending: Vec<_> = (0..10).map(|n| log.try_append(entry(n)).unwrap()).collect();
+    // Queued, not yet acknowledged: nothing is in the journal.
+    assert_eq!(journal_bytes(tmp.path()), 0);
+
+    let mut appending = appending.into_iter();
+    assert_eq!(appending.next().unwrap().await.unwrap(), 1);
+    // Awaiting the first wrote all ten: the others resolve without writing anything more.
+    let written = journal_bytes(tmp.path());
+    assert!(written > 0);
+    for (seq, rest) in (2..).zip(appending) {
+        assert_eq!(rest.await.unwrap(), seq);
+    }
+    assert_eq!(journal_bytes(tmp.path()), written);
+
+    let entries = all_entries(&log).await;
+    assert_eq!(entries, (0..10).map(entry).collect::<Vec<_>>());
+    drop(log);
+    let report = verify_dir(tmp.path()).unwrap();
+    assert!(report.ok, "{report:?}");
+    assert_eq!(report.records_checked, 10);
+}
+
+#[tokio::test]
+async fn a_queued_append_that_nobody_awaits_is_still_written_and_committed() {
+    let tmp = tempfile::tempdir().unwrap();
+    let log = open_journaled(tmp.path());
+    drop(log.try_append(entry(0)).unwrap());
+    // Dropping the future wrote the record: it survives a kill -9 from here on.
+    assert!(journal_bytes(tmp.path()) > 0);
+    assert_eq!(log.append(entry(1)).await.unwrap(), 2);
+    assert_eq!(all_entries(&log).await, vec![entry(0), entry(1)]);
+}
+
+#[tokio::test]
+async fn the_head_includes_queued_appends_only_once_they_are_written() {
+    let tmp = tempfile::tempdir().unwrap();
+    let log = open_journaled(tmp.path());
+    let queued = log.try_append(entry(0)).unwrap();
+    assert_eq!(journal_bytes(tmp.path()), 0);
+    // Reading the head writes what is queued, so an anchor never names an unwritten record.
+    assert_eq!(log.head().seq, 1);
+    assert!(journal_bytes(tmp.path()) > 0);
+    assert_eq!(queued.await.unwrap(), 1);
+}
