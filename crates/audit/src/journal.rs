@@ -97,6 +97,8 @@ pub(crate) fn read_journal(path: &Path) -> Result<Option<Contents>, StoreError> 
 pub(crate) struct FrameRef<'a> {
     pub(crate) seq: u64,
     pub(crate) canonical: &'a [u8],
+    /// Where `canonical` starts in the buffer.
+    pub(crate) start: usize,
     pub(crate) hash: ChainHash,
 }
 
@@ -105,6 +107,7 @@ pub(crate) struct FrameRef<'a> {
 pub(crate) fn split_frames(bytes: &[u8]) -> (Vec<FrameRef<'_>>, Option<String>) {
     let mut frames = Vec::new();
     let mut rest = bytes;
+    let mut start = 0;
     while rest.len() >= 4 {
         let mut len = [0u8; 4];
         len.copy_from_slice(&rest[..4]);
@@ -121,9 +124,11 @@ pub(crate) fn split_frames(bytes: &[u8]) -> (Vec<FrameRef<'_>>, Option<String>) 
         frames.push(FrameRef {
             seq: u64::from_be_bytes(seq),
             canonical,
+            start: start + 4,
             hash: ChainHash::from_slice(hash).unwrap_or_else(|| unreachable!()),
         });
         rest = &rest[4 + len + HASH_BYTES..];
+        start += 4 + len + HASH_BYTES;
     }
     (frames, None)
 }

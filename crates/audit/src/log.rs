@@ -18,7 +18,9 @@ use crate::error::{
 };
 use crate::journal::{self, Journal, UnplacedFrame};
 use crate::query::{Page, Query, Stats, StatsQuery, query_dir, stats_dir};
-use crate::record::{Anchor, ChainHash, Entry, chain_hash, chain_hash_of_bytes, decode_canonical};
+use crate::record::{
+    Anchor, ChainHash, Entry, chain_hash, chain_hash_of_bytes, decode_canonical, decode_view,
+};
 use crate::segment::{
     self, INSERT_MANY, INSERT_ONE, LOCK_FILE, ROWS_PER_INSERT, SealRow, SegmentHeader, audit_dir,
     bind_record, create_segment, finish_sealed, is_writable, list_segments, open_reader,
@@ -152,9 +154,18 @@ pub struct AuditLog {
 /// A record with its place in the chain, as the journal holds it.
 struct Chained {
     seq: u64,
-    entry: Entry,
+    /// Its canonical encoding: `range` of a buffer that may hold the frames of other records too,
+    /// so that a group written to the journal together reaches SQLite without a copy.
+    buffer: Arc<Vec<u8>>,
+    range: std::ops::Range<usize>,
     prev: ChainHash,
     hash: ChainHash,
+}
+
+impl Chained {
+    fn canonical(&self) -> &[u8] {
+        &self.buffer[self.range.clone()]
+    }
 }
 
 #[derive(Debug)]
@@ -819,7 +830,7 @@ impl Writer {
                         prev,
                         retire,
                         ..
-                    } => self.ingest(&frames, prev, retire, &mut appends),
+                    } => self.ingest(frames, prev, retire, &mut appends),
                     Command::Seal { ack } => {
                         self.commit(&mut appends);
                         // The caller may have gone away; the seal stands regardless.
@@ -835,16 +846,17 @@ impl Writer {
     }
 
     /// Takes journaled records into `appends`, or, beyond [`MAX_PENDING`], notes them as left in
-    /// the journal. Frames that do not decode are left in the journal too: reading them back from
-    /// the file reports what is wrong with them.
+    /// the journal. The frames were encoded here from valid entries; the commit decodes them in
+    /// place and reports one that does not decode as corrupt.
     fn ingest(
         &mut self,
-        frames: &[u8],
+        frames: Vec<u8>,
         mut prev: ChainHash,
         retire: Option<PathBuf>,
         appends: &mut Vec<Pending>,
     ) {
-        let (frames, _) = journal::split_frames(frames);
+        let buffer = Arc::new(frames);
+        let (frames, _) = journal::split_frames(&buffer);
         let Some(last_seq) = frames.last().map(|frame| frame.seq) else {
             return;
         };
@@ -856,16 +868,16 @@ impl Writer {
                 *last = frame.seq;
                 continue;
             }
-            match decode_canonical(frame.canonical) {
-                Ok((_, entry)) if appends.len() < MAX_PENDING => {
-                    appends.push(Pending::Journaled(Chained {
-                        seq: frame.seq,
-                        entry,
-                        prev,
-                        hash: frame.hash,
-                    }));
-                }
-                _ => self.left_in_journal = Some((frame.seq, frame.seq)),
+            if appends.len() < MAX_PENDING {
+                appends.push(Pending::Journaled(Chained {
+                    seq: frame.seq,
+                    buffer: Arc::clone(&buffer),
+                    range: frame.start..frame.start + frame.canonical.len(),
+                    prev,
+                    hash: frame.hash,
+                }));
+            } else {
+                self.left_in_journal = Some((frame.seq, frame.seq));
             }
             prev = frame.hash;
         }
@@ -935,11 +947,13 @@ impl Writer {
                         frame.seq
                     )));
                 }
-                let (_, entry) = decode_canonical(&frame.canonical)
+                decode_canonical(&frame.canonical)
                     .map_err(|reason| damaged(format!("journal record {}: {reason}", frame.seq)))?;
+                let len = frame.canonical.len();
                 records.push(Chained {
                     seq: frame.seq,
-                    entry,
+                    buffer: Arc::new(frame.canonical),
+                    range: 0..len,
                     prev,
                     hash: frame.hash,
                 });
@@ -1157,28 +1171,32 @@ impl Writer {
             for (index, pending) in appends.iter().enumerate() {
                 seq += 1;
                 let (entry, hash) = match pending {
-                    Pending::Waiting(entry, _) => (entry, chain_hash(&prev, seq, entry)),
+                    Pending::Waiting(entry, _) => (entry.view(), chain_hash(&prev, seq, entry)),
                     Pending::Journaled(record) => {
+                        let corrupt = |reason: String| StoreError::Corrupt {
+                            path: path.clone(),
+                            reason,
+                        };
                         if record.seq != seq || record.prev != prev {
-                            return Err(StoreError::Corrupt {
-                                path,
-                                reason: format!(
-                                    "journaled record {} does not continue the chain at {seq}",
-                                    record.seq
-                                ),
-                            });
+                            return Err(corrupt(format!(
+                                "journaled record {} does not continue the chain at {seq}",
+                                record.seq
+                            )));
                         }
-                        (&record.entry, record.hash)
+                        let (_, view) = decode_view(record.canonical()).map_err(|reason| {
+                            corrupt(format!("journaled record {seq}: {reason}"))
+                        })?;
+                        (view, record.hash)
                     }
                 };
                 if index < whole {
                     let row = index % ROWS_PER_INSERT;
-                    bind_record(&mut many, row, seq, entry, &prev, &hash).at(&path)?;
+                    bind_record(&mut many, row, seq, &entry, &prev, &hash).at(&path)?;
                     if row + 1 == ROWS_PER_INSERT {
                         many.raw_execute().at(&path)?;
                     }
                 } else {
-                    bind_record(&mut single, 0, seq, entry, &prev, &hash).at(&path)?;
+                    bind_record(&mut single, 0, seq, &entry, &prev, &hash).at(&path)?;
                     single.raw_execute().at(&path)?;
                 }
                 prev = hash;

@@ -253,9 +253,73 @@ impl Entry {
     }
 }
 
+/// An entry's fields, borrowed from an [`Entry`] or from its canonical encoding, so that the
+/// writer can bind them to SQLite without copying them first.
+pub(crate) struct EntryView<'a> {
+    pub(crate) time_unix_ms: i64,
+    pub(crate) identity: &'a str,
+    pub(crate) auth_method: &'a str,
+    pub(crate) method: &'a str,
+    pub(crate) tool: &'a str,
+    pub(crate) request_sha256: &'a str,
+    pub(crate) status: &'a str,
+    pub(crate) summary: &'a str,
+    pub(crate) duration_us: u64,
+    pub(crate) peer: &'a str,
+    pub(crate) sandboxed: bool,
+    pub(crate) rate_limited: bool,
+    pub(crate) trust_level: &'a str,
+    pub(crate) kind: Kind,
+}
+
+impl Entry {
+    pub(crate) fn view(&self) -> EntryView<'_> {
+        EntryView {
+            time_unix_ms: self.time_unix_ms,
+            identity: &self.identity,
+            auth_method: &self.auth_method,
+            method: &self.method,
+            tool: &self.tool,
+            request_sha256: &self.request_sha256,
+            status: &self.status,
+            summary: &self.summary,
+            duration_us: self.duration_us,
+            peer: &self.peer,
+            sandboxed: self.sandboxed,
+            rate_limited: self.rate_limited,
+            trust_level: &self.trust_level,
+            kind: self.kind,
+        }
+    }
+}
+
 /// Reads back what [`Entry::canonical_bytes`] wrote: the seq and the entry. The journal stores
 /// records in this form, so the bytes that are hashed are exactly the bytes that are kept.
 pub(crate) fn decode_canonical(bytes: &[u8]) -> Result<(u64, Entry), String> {
+    let (seq, view) = decode_view(bytes)?;
+    let entry = Entry {
+        time_unix_ms: view.time_unix_ms,
+        identity: view.identity.to_owned(),
+        auth_method: view.auth_method.to_owned(),
+        method: view.method.to_owned(),
+        tool: view.tool.to_owned(),
+        request_sha256: view.request_sha256.to_owned(),
+        status: view.status.to_owned(),
+        summary: view.summary.to_owned(),
+        duration_us: view.duration_us,
+        peer: view.peer.to_owned(),
+        sandboxed: view.sandboxed,
+        rate_limited: view.rate_limited,
+        trust_level: view.trust_level.to_owned(),
+        kind: view.kind,
+    };
+    entry.validate().map_err(|e| e.to_string())?;
+    Ok((seq, entry))
+}
+
+/// Reads the seq and the fields of a canonical encoding in place. Checks its structure, not the
+/// limits of [`Entry::validate`]: the writer uses it on frames it encoded from valid entries.
+pub(crate) fn decode_view(bytes: &[u8]) -> Result<(u64, EntryView<'_>), String> {
     struct Reader<'a>(&'a [u8]);
     impl<'a> Reader<'a> {
         fn take(&mut self, n: usize, what: &str) -> Result<&'a [u8], String> {
@@ -278,12 +342,12 @@ pub(crate) fn decode_canonical(bytes: &[u8]) -> Result<(u64, Entry), String> {
                 _ => Err(format!("{what} is neither 0 nor 1")),
             }
         }
-        fn string(&mut self, what: &str) -> Result<String, String> {
+        fn string(&mut self, what: &str) -> Result<&'a str, String> {
             let mut len = [0u8; 4];
             len.copy_from_slice(self.take(4, what)?);
             let len = usize::try_from(u32::from_be_bytes(len)).map_err(|e| e.to_string())?;
             let raw = self.take(len, what)?;
-            String::from_utf8(raw.to_vec()).map_err(|_| format!("{what} is not UTF-8"))
+            std::str::from_utf8(raw).map_err(|_| format!("{what} is not UTF-8"))
         }
     }
     let mut r = Reader(bytes);
@@ -305,11 +369,11 @@ pub(crate) fn decode_canonical(bytes: &[u8]) -> Result<(u64, Entry), String> {
     let rate_limited = r.flag("rate_limited")?;
     let trust_level = r.string("trust_level")?;
     let kind = r.string("kind")?;
-    let kind = Kind::parse(&kind).ok_or_else(|| format!("unknown kind {kind:?}"))?;
+    let kind = Kind::parse(kind).ok_or_else(|| format!("unknown kind {kind:?}"))?;
     if !r.0.is_empty() {
         return Err("bytes follow the last field".to_owned());
     }
-    let entry = Entry {
+    let view = EntryView {
         time_unix_ms,
         identity,
         auth_method,
@@ -325,8 +389,7 @@ pub(crate) fn decode_canonical(bytes: &[u8]) -> Result<(u64, Entry), String> {
         trust_level,
         kind,
     };
-    entry.validate().map_err(|e| e.to_string())?;
-    Ok((seq, entry))
+    Ok((seq, view))
 }
 
 /// `SHA-256(prev || canonical)`, for callers that already hold the canonical bytes.

@@ -16,7 +16,7 @@ use std::time::Duration;
 use rusqlite::{Connection, OpenFlags, OptionalExtension, Row};
 
 use crate::error::{Context, StoreError};
-use crate::record::{ChainHash, Entry, Kind, Record};
+use crate::record::{ChainHash, Entry, EntryView, Kind, Record};
 
 /// Sub-directory of the data directory that holds the audit log.
 pub const AUDIT_SUBDIR: &str = "audit";
@@ -455,25 +455,25 @@ pub(crate) fn bind_record(
     stmt: &mut rusqlite::Statement<'_>,
     row: usize,
     seq: u64,
-    e: &Entry,
+    e: &EntryView<'_>,
     prev_hash: &ChainHash,
     hash: &ChainHash,
 ) -> rusqlite::Result<()> {
     let at = row * RECORD_PARAMS;
     stmt.raw_bind_parameter(at + 1, to_i64(seq))?;
     stmt.raw_bind_parameter(at + 2, e.time_unix_ms)?;
-    stmt.raw_bind_parameter(at + 3, &e.identity)?;
-    stmt.raw_bind_parameter(at + 4, &e.auth_method)?;
-    stmt.raw_bind_parameter(at + 5, &e.method)?;
-    stmt.raw_bind_parameter(at + 6, &e.tool)?;
-    stmt.raw_bind_parameter(at + 7, &e.request_sha256)?;
-    stmt.raw_bind_parameter(at + 8, &e.status)?;
-    stmt.raw_bind_parameter(at + 9, &e.summary)?;
+    stmt.raw_bind_parameter(at + 3, e.identity)?;
+    stmt.raw_bind_parameter(at + 4, e.auth_method)?;
+    stmt.raw_bind_parameter(at + 5, e.method)?;
+    stmt.raw_bind_parameter(at + 6, e.tool)?;
+    stmt.raw_bind_parameter(at + 7, e.request_sha256)?;
+    stmt.raw_bind_parameter(at + 8, e.status)?;
+    stmt.raw_bind_parameter(at + 9, e.summary)?;
     stmt.raw_bind_parameter(at + 10, to_i64(e.duration_us))?;
-    stmt.raw_bind_parameter(at + 11, &e.peer)?;
+    stmt.raw_bind_parameter(at + 11, e.peer)?;
     stmt.raw_bind_parameter(at + 12, e.sandboxed)?;
     stmt.raw_bind_parameter(at + 13, e.rate_limited)?;
-    stmt.raw_bind_parameter(at + 14, &e.trust_level)?;
+    stmt.raw_bind_parameter(at + 14, e.trust_level)?;
     stmt.raw_bind_parameter(at + 15, e.kind.as_str())?;
     stmt.raw_bind_parameter(at + 16, &prev_hash.0[..])?;
     stmt.raw_bind_parameter(at + 17, &hash.0[..])?;

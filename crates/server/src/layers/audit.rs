@@ -567,6 +567,16 @@ fn grpc_status(headers: &HeaderMap) -> Option<&'static str> {
     Some(code_name(code))
 }
 
+/// A SHA-256 digest in lowercase hex. `hex::encode` builds its string one
+/// character at a time, which cost about 1% of an audited call.
+fn lower_hex(digest: &[u8]) -> String {
+    let mut out = [0u8; 64];
+    if hex::encode_to_slice(digest, &mut out).is_err() {
+        return hex::encode(digest);
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
 /// The request body, passed through unchanged while its message payloads are
 /// hashed. The digest is sent when the body ends; a body dropped unread is
 /// drained on a task of its own first.
@@ -597,7 +607,7 @@ impl HashingBody {
     fn finish(&mut self) {
         if let Some(done) = self.done.take() {
             let digest = std::mem::take(&mut self.hasher).finalize();
-            let _ = done.send(hex::encode(digest));
+            let _ = done.send(lower_hex(&digest));
         }
     }
 }
@@ -647,7 +657,7 @@ impl Drop for HashingBody {
         };
         if self.inner.is_end_stream() {
             let digest = std::mem::take(&mut self.hasher).finalize();
-            let _ = done.send(hex::encode(digest));
+            let _ = done.send(lower_hex(&digest));
             return;
         }
         let Ok(runtime) = tokio::runtime::Handle::try_current() else {
@@ -673,7 +683,7 @@ impl Drop for HashingBody {
             })
             .await;
             if drained == Ok(true) {
-                let _ = done.send(hex::encode(hasher.finalize()));
+                let _ = done.send(lower_hex(&hasher.finalize()));
             }
         });
     }
