@@ -321,11 +321,7 @@ impl AuditLog {
         let journal = if journaled {
             Some(Mutex::new(JournalState {
                 file: Journal::create(&writer.dir, head_seq + 1)?,
-                unwritten: Vec::new(),
-                count: 0,
-                permit: None,
-                before: Anchor::default(),
-                outcome: Arc::default(),
+                group: None,
             }))
         } else {
             None
@@ -428,40 +424,46 @@ impl AuditLog {
     ) -> Result<Appending, TryAppendError> {
         let mut frame = UnplacedFrame::new(&entry);
         let mut state = journal.lock().unwrap_or_else(PoisonError::into_inner);
-        if state.permit.is_none() {
-            let permit = match reserved {
-                Some(permit) => permit,
-                None => {
-                    let sender = self.sender().map_err(|()| AppendError::Closed)?;
-                    match sender.clone().try_reserve_owned() {
-                        Ok(permit) => permit,
-                        Err(mpsc::error::TrySendError::Full(_)) => {
-                            return Err(TryAppendError::Full(Box::new(entry)));
-                        }
-                        Err(mpsc::error::TrySendError::Closed(_)) => {
-                            return Err(AppendError::Closed.into());
-                        }
-                    }
-                }
-            };
-            state.permit = Some(permit);
-        }
         let mut head = self
             .inner
             .head
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
-        if state.count == 0 {
-            state.before = *head;
-        }
+        let group = match &mut state.group {
+            Some(group) => group,
+            None => {
+                let permit = match reserved {
+                    Some(permit) => permit,
+                    None => {
+                        let sender = self.sender().map_err(|()| AppendError::Closed)?;
+                        match sender.clone().try_reserve_owned() {
+                            Ok(permit) => permit,
+                            Err(mpsc::error::TrySendError::Full(_)) => {
+                                return Err(TryAppendError::Full(Box::new(entry)));
+                            }
+                            Err(mpsc::error::TrySendError::Closed(_)) => {
+                                return Err(AppendError::Closed.into());
+                            }
+                        }
+                    }
+                };
+                state.group.insert(Group {
+                    frames: Vec::new(),
+                    count: 0,
+                    permit,
+                    before: *head,
+                    outcome: Arc::default(),
+                })
+            }
+        };
         let seq = head.seq + 1;
         let (hash, bytes) = frame.place(seq, &head.hash);
-        state.unwritten.extend_from_slice(bytes);
-        state.count += 1;
+        group.frames.extend_from_slice(bytes);
+        group.count += 1;
         *head = Anchor { seq, hash };
         drop(head);
-        let outcome = Arc::clone(&state.outcome);
-        if state.unwritten.len() >= WRITE_AT_BYTES {
+        let outcome = Arc::clone(&group.outcome);
+        if group.frames.len() >= WRITE_AT_BYTES {
             state.write(&self.inner.head, &self.inner.counters);
         }
         drop(state);
@@ -609,19 +611,25 @@ const WRITE_AT_BYTES: usize = 256 << 10;
 
 /// The journal, and the records chained since its last write.
 ///
-/// Appends only chain their record and add its frame here; the first of their futures to be
-/// polled (or dropped) writes every frame waiting, in one `write`. A server that lets its other
-/// ready calls run before it awaits an append thereby writes the records of all of them at
-/// once: the cost of the system call, the largest part of recording a call, is shared.
+/// Appends only chain their record and add its frame to the group waiting here; the first of
+/// their futures to be polled (or dropped) writes the whole group with one `write`. A server that
+/// lets its other ready calls run before it awaits an append thereby shares that system call
+/// among all of them.
 #[derive(Debug)]
 struct JournalState {
     file: Journal,
-    /// The frames of the records waiting for the write, in seq order.
-    unwritten: Vec<u8>,
-    /// How many records they are.
+    /// The records chained since the last write; `None` when there are none.
+    group: Option<Group>,
+}
+
+/// Records waiting for the journal's next write.
+#[derive(Debug)]
+struct Group {
+    /// Their frames, in seq order.
+    frames: Vec<u8>,
     count: usize,
     /// Their place in the writer's queue, taken by the first of them.
-    permit: Option<mpsc::OwnedPermit<Command>>,
+    permit: mpsc::OwnedPermit<Command>,
     /// The head before the first of them, restored when their write fails.
     before: Anchor,
     /// Where the outcome of their write goes.
@@ -633,22 +641,18 @@ impl JournalState {
     /// fails, none of them is acknowledged and the head goes back to where they started, so the
     /// chain continues from the last record that was written.
     fn write(&mut self, head: &Mutex<Anchor>, counters: &Counters) {
-        if self.count == 0 {
+        let Some(group) = self.group.take() else {
             return;
-        }
-        let outcome = std::mem::take(&mut self.outcome);
-        let count = std::mem::take(&mut self.count);
-        let permit = self.permit.take();
-        let frames = std::mem::take(&mut self.unwritten);
-        if let Err(error) = self.file.write(&frames) {
+        };
+        if let Err(error) = self.file.write(&group.frames) {
             counters.journal_failing.store(true, Ordering::Relaxed);
-            *head.lock().unwrap_or_else(PoisonError::into_inner) = self.before;
-            let _ = outcome.set(Err(Arc::new(error)));
+            *head.lock().unwrap_or_else(PoisonError::into_inner) = group.before;
+            let _ = group.outcome.set(Err(Arc::new(error)));
             return;
         }
         counters.journal_failing.store(false, Ordering::Relaxed);
         let retire = if self.file.is_due_for_rotation() {
-            let next_seq = self.before.seq + count as u64 + 1;
+            let next_seq = group.before.seq + group.count as u64 + 1;
             match self.file.next(next_seq) {
                 Ok(next) => Some(std::mem::replace(&mut self.file, next).path().to_path_buf()),
                 Err(error) => {
@@ -660,15 +664,13 @@ impl JournalState {
         } else {
             None
         };
-        if let Some(permit) = permit {
-            permit.send(Command::Ingest {
-                frames,
-                count,
-                prev: self.before.hash,
-                retire,
-            });
-        }
-        let _ = outcome.set(Ok(()));
+        group.permit.send(Command::Ingest {
+            frames: group.frames,
+            count: group.count,
+            prev: group.before.hash,
+            retire,
+        });
+        let _ = group.outcome.set(Ok(()));
     }
 }
 

@@ -408,7 +408,7 @@ enum Committing {
 impl Committing {
     /// Lets the other calls that are ready run before waiting for the commit. With the journal,
     /// the records they queue meanwhile are written together with this one, in one `write`
-    /// instead of one each, which is most of what recording a call costs.
+    /// instead of one each.
     async fn after_other_calls(self) {
         tokio::task::yield_now().await;
         self.await;
