@@ -308,3 +308,109 @@ async fn the_head_includes_queued_appends_only_once_they_are_written() {
     assert!(journal_bytes(tmp.path()) > 0);
     assert_eq!(queued.await.unwrap(), 1);
 }
+
+/// Set in the re-executed child of the failed-write test: the data directory to use.
+const FAILED_WRITE_CHILD_ENV: &str = "AUDIT_FAILED_WRITE_DIR";
+
+/// Sets this process's soft file-size limit with util-linux `prlimit`; `limit` is a byte count or
+/// "unlimited".
+fn set_file_size_limit(limit: &str) {
+    let status = std::process::Command::new("prlimit")
+        .args([
+            "--pid",
+            &std::process::id().to_string(),
+            &format!("--fsize={limit}:"),
+        ])
+        .status()
+        .expect("run prlimit");
+    assert!(status.success(), "prlimit --fsize={limit}: failed");
+}
+
+fn file_size_limit() -> String {
+    let out = std::process::Command::new("prlimit")
+        .args([
+            "--pid",
+            &std::process::id().to_string(),
+            "--fsize",
+            "--raw",
+            "--noheadings",
+            "--output",
+            "SOFT",
+        ])
+        .output()
+        .expect("run prlimit");
+    String::from_utf8(out.stdout).unwrap().trim().to_owned()
+}
+
+/// A journal write that the kernel refuses (a file-size limit: the write stops at the limit,
+/// leaving a torn frame, then fails with EFBIG) acknowledges none of the records queued for it,
+/// puts the head back, and the chain continues from the last record that was written once
+/// writing works again. It runs in a re-executed child whose SIGXFSZ is ignored, so the limit
+/// only fails the writes instead of killing the test runner.
+#[test]
+fn a_failed_journal_write_acknowledges_none_of_its_records_and_the_chain_continues() {
+    if let Some(dir) = std::env::var_os(FAILED_WRITE_CHILD_ENV) {
+        failed_write_child(Path::new(&dir));
+        println!("FAILED-WRITE CHILD DONE");
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let test =
+        "journal::a_failed_journal_write_acknowledges_none_of_its_records_and_the_chain_continues";
+    // `trap '' XFSZ` sets SIGXFSZ to ignored, which survives the exec.
+    let out = std::process::Command::new("sh")
+        .args(["-c", "trap '' XFSZ; exec \"$@\"", "sh"])
+        .arg(std::env::current_exe().unwrap())
+        .args([test, "--exact", "--nocapture", "--test-threads=1"])
+        .env(FAILED_WRITE_CHILD_ENV, tmp.path())
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && stdout.contains("FAILED-WRITE CHILD DONE"),
+        "child failed: {stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report = verify_dir(tmp.path()).unwrap();
+    assert!(report.ok, "{report:?}");
+    assert_eq!(report.records_checked, 4);
+}
+
+fn failed_write_child(dir: &Path) {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let log = open_journaled(dir);
+        append_range(&log, 0, 3).await;
+        let original = file_size_limit();
+        // Room for less than one more frame in the journal; the segment's files are larger
+        // already, so the writer's commits fail too until the limit goes back.
+        set_file_size_limit(&(journal_bytes(dir) + 100).to_string());
+        let queued: Vec<_> = (10..15)
+            .map(|n| log.try_append(entry(n)).unwrap())
+            .collect();
+        for appending in queued {
+            assert!(
+                appending.await.is_err(),
+                "a record whose write failed must not be acknowledged"
+            );
+        }
+        assert!(log.is_failing());
+        assert_eq!(
+            log.head().seq,
+            3,
+            "the head is back where the group started"
+        );
+
+        set_file_size_limit(&original);
+        assert_eq!(
+            log.append(entry(3)).await.unwrap(),
+            4,
+            "the chain continues"
+        );
+        wait_until("the writer's retry succeeds", || !log.is_failing());
+        assert_eq!(
+            all_entries(&log).await,
+            (0..4).map(entry).collect::<Vec<_>>()
+        );
+    });
+}
