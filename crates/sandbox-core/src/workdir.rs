@@ -18,23 +18,56 @@ use std::io;
 use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Mutex, OnceLock, PoisonError, mpsc};
+use std::sync::{Condvar, Mutex, MutexGuard, OnceLock, PoisonError};
+use std::time::Duration;
 
 /// Fresh directories kept ready per (root, owner).
-const READY: usize = 4;
+const READY: usize = 8;
+
+/// The janitor is woken to top up a place once this few of its directories are left ready.
+const LOW_WATER: usize = READY / 2;
+
+/// The janitor is woken to remove finished runs' directories once this many are waiting.
+const REMOVE_BATCH: usize = READY / 2;
+
+/// How long a finished run's directory may wait for a batch while runs are going on.
+const LINGER: Duration = Duration::from_millis(100);
 
 /// Where directories are made and who owns them.
 type Place = (PathBuf, Option<(u32, u32)>);
 
-enum Chore {
-    Prepare(Place),
-    Remove(PathBuf),
+/// What the janitor is doing, which decides whether a run must wake it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Activity {
+    /// Working, or woken and about to: it looks at everything before it sleeps again.
+    Busy,
+    /// Asleep until woken or until [`LINGER`] has passed: it had work last time it looked,
+    /// so runs are going on.
+    Lingering,
+    /// Asleep until woken: it had nothing to do last time it looked.
+    Idle,
 }
 
-/// The janitor's queue and the directories it has made ready.
+/// What the runs and the janitor share.
+struct Shelf {
+    ready: HashMap<Place, Vec<PathBuf>>,
+    /// Directories of finished runs, waiting for removal.
+    doomed: Vec<PathBuf>,
+    activity: Activity,
+}
+
+/// The janitor's shelf and the signal that wakes it.
+///
+/// Waking a sleeping thread costs about as much as making a directory on a fast file
+/// system, and a run that wakes the janitor pays for it before its child starts. So runs
+/// wake it only once a place runs low or finished directories have piled up, and it then
+/// does a batch: a wake-up for every few runs instead of one or two per run. While runs
+/// are going on it also looks on its own every [`LINGER`], so a finished directory never
+/// waits much longer than that; once a look finds nothing to do it sleeps until a run
+/// wakes it, and the first directory given back then does.
 struct Janitor {
-    chores: mpsc::Sender<Chore>,
-    ready: Mutex<HashMap<Place, Vec<PathBuf>>>,
+    shelf: Mutex<Shelf>,
+    wake: Condvar,
 }
 
 /// The janitor, started on first use; `None` when its thread could not be started.
@@ -42,95 +75,128 @@ fn janitor() -> Option<&'static Janitor> {
     static JANITOR: OnceLock<Option<Janitor>> = OnceLock::new();
     JANITOR
         .get_or_init(|| {
-            let (sender, receiver) = mpsc::channel();
             std::thread::Builder::new()
                 .name("cordon-workdirs".to_owned())
-                .spawn(move || {
-                    for chore in receiver {
-                        match chore {
-                            Chore::Prepare(place) => prepare(place),
-                            Chore::Remove(path) => {
-                                remove(&path);
-                                top_up();
-                            }
-                        }
+                .spawn(|| {
+                    if let Some(janitor) = janitor() {
+                        janitor.work();
                     }
                 })
                 .ok()?;
             Some(Janitor {
-                chores: sender,
-                ready: Mutex::default(),
+                shelf: Mutex::new(Shelf {
+                    ready: HashMap::new(),
+                    doomed: Vec::new(),
+                    activity: Activity::Busy,
+                }),
+                wake: Condvar::new(),
             })
         })
         .as_ref()
 }
 
 impl Janitor {
-    fn send(&self, chore: Chore) -> Result<(), Chore> {
-        self.chores.send(chore).map_err(|e| e.0)
+    fn shelf(&self) -> MutexGuard<'_, Shelf> {
+        self.shelf.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// A ready directory of `place`, if there is one, and whether the janitor knows `place`.
-    fn take_ready(&self, place: &Place) -> (Option<PathBuf>, bool) {
-        match self
-            .ready
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .get_mut(place)
-        {
-            Some(ready) => (ready.pop(), true),
-            None => (None, false),
+    /// Wakes the janitor unless it is already busy; the caller holds the shelf.
+    fn rouse(&self, shelf: &mut Shelf) {
+        if shelf.activity != Activity::Busy {
+            shelf.activity = Activity::Busy;
+            self.wake.notify_one();
+        }
+    }
+
+    /// A ready directory of `place`, if there is one.
+    fn take_ready(&self, place: &Place) -> Option<PathBuf> {
+        let mut shelf = self.shelf();
+        let ready = match shelf.ready.get_mut(place) {
+            Some(ready) => ready,
+            None => {
+                // A new place: the janitor stocks it from now on.
+                shelf.ready.insert(place.clone(), Vec::new());
+                self.rouse(&mut shelf);
+                return None;
+            }
+        };
+        let path = ready.pop();
+        if ready.len() <= LOW_WATER {
+            self.rouse(&mut shelf);
+        }
+        path
+    }
+
+    /// Takes back a finished run's directory for removal.
+    fn give_back(&self, path: PathBuf) {
+        let mut shelf = self.shelf();
+        shelf.doomed.push(path);
+        if shelf.activity == Activity::Idle || shelf.doomed.len() >= REMOVE_BATCH {
+            self.rouse(&mut shelf);
+        }
+    }
+
+    /// The janitor's loop: remove what is doomed and top up every place, then sleep.
+    fn work(&self) -> ! {
+        let mut swept = std::collections::HashSet::new();
+        let mut shelf = self.shelf();
+        loop {
+            shelf.activity = Activity::Busy;
+            let doomed = std::mem::take(&mut shelf.doomed);
+            let wanted: Vec<(Place, usize)> = shelf
+                .ready
+                .iter()
+                .filter(|(_, ready)| ready.len() < READY)
+                .map(|(place, ready)| (place.clone(), READY - ready.len()))
+                .collect();
+            drop(shelf);
+            let had_work = !doomed.is_empty() || !wanted.is_empty();
+            for path in &doomed {
+                remove(path);
+            }
+            let mut stocked = true;
+            for (place, missing) in wanted {
+                if swept.insert(place.0.clone()) {
+                    sweep_stale(&place.0);
+                }
+                let made = make_some(&place, missing);
+                stocked &= made.len() == missing;
+                self.shelf().ready.entry(place).or_default().extend(made);
+            }
+            shelf = self.shelf();
+            // Runs do not wake a busy janitor, so it looks again before it sleeps; a place it
+            // failed to stock waits for the next round rather than being retried at once.
+            let running_low = shelf.ready.values().any(|ready| ready.len() <= LOW_WATER);
+            if !shelf.doomed.is_empty() || (stocked && running_low) {
+                continue;
+            }
+            shelf = if had_work {
+                shelf.activity = Activity::Lingering;
+                self.wake
+                    .wait_timeout(shelf, LINGER)
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .0
+            } else {
+                shelf.activity = Activity::Idle;
+                self.wake.wait(shelf).unwrap_or_else(PoisonError::into_inner)
+            };
         }
     }
 }
 
-/// Tops up the ready directories of every place in use (on the janitor's thread). Every run
-/// that takes a directory sends it back for removal, so topping up there keeps the places
-/// stocked with one wake-up of the janitor per run instead of two.
-fn top_up() {
-    let Some(janitor) = janitor() else {
-        return;
-    };
-    let places: Vec<Place> = janitor
-        .ready
-        .lock()
-        .unwrap_or_else(PoisonError::into_inner)
-        .keys()
-        .cloned()
-        .collect();
-    for place in places {
-        prepare(place);
-    }
-}
-
-/// Tops up the ready directories of `place` (on the janitor's thread).
-fn prepare(place: Place) {
-    let Some(janitor) = janitor() else {
-        return;
-    };
-    let (first_use, missing) = {
-        let ready = janitor.ready.lock().unwrap_or_else(PoisonError::into_inner);
-        let count = ready.get(&place).map(Vec::len);
-        (count.is_none(), READY.saturating_sub(count.unwrap_or(0)))
-    };
-    if first_use {
-        sweep_stale(&place.0);
-    }
-    for _ in 0..missing {
+/// Makes up to `count` directories for `place`; stops at the first failure, which is logged.
+fn make_some(place: &Place, count: usize) -> Vec<PathBuf> {
+    let mut made = Vec::with_capacity(count);
+    for _ in 0..count {
         match make(&place.0, place.1) {
-            Ok(path) => janitor
-                .ready
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .entry(place.clone())
-                .or_default()
-                .push(path),
+            Ok(path) => made.push(path),
             Err(error) => {
                 tracing::warn!(root = %place.0.display(), %error, "cannot prepare run directories");
-                return;
+                break;
             }
         }
     }
+    made
 }
 
 /// Creates a fresh directory (mode 0700) under `root`, owned by `owner` when given.
@@ -202,17 +268,7 @@ impl WorkDir {
     /// janitor made ready, or a new one.
     pub fn create(root: &Path, owner: Option<(u32, u32)>) -> io::Result<Self> {
         let place = (root.to_owned(), owner);
-        let janitor = janitor();
-        let (ready, known) = janitor.map_or((None, true), |j| j.take_ready(&place));
-        if let Some(janitor) = janitor
-            && !known
-        {
-            // The janitor tops up the places it knows when a run's directory comes back; a
-            // new place is introduced to it once. A failed send means the janitor is gone,
-            // and runs then make their own.
-            let _ = janitor.send(Chore::Prepare(place));
-        }
-        let path = match ready {
+        let path = match janitor().and_then(|janitor| janitor.take_ready(&place)) {
             Some(path) => path,
             None => make(root, owner)?,
         };
@@ -239,12 +295,9 @@ impl Drop for WorkDir {
             return;
         }
         let path = std::mem::take(&mut self.path);
-        let chore = match janitor() {
-            Some(janitor) => janitor.send(Chore::Remove(path)),
-            None => Err(Chore::Remove(path)),
-        };
-        if let Err(Chore::Remove(path)) = chore {
-            remove(&path);
+        match janitor() {
+            Some(janitor) => janitor.give_back(path),
+            None => remove(&path),
         }
     }
 }

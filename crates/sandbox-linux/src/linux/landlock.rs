@@ -195,7 +195,12 @@ fn with_system_grants(kernel_abi: u32) -> Result<(RulesetCreated, Instant), RunE
 }
 
 /// Rulesets holding the system grants that the filler thread keeps ready.
-const PREPARED_READY: usize = 2;
+const PREPARED_READY: usize = 6;
+
+/// The filler is woken once this few rulesets are left. Waking a sleeping thread costs the
+/// run that does it about as much as building a ruleset, so the filler tops up a batch
+/// every few runs rather than one ruleset after each.
+const PREPARED_LOW_WATER: usize = 2;
 
 /// A ruleset with the system grants, made ahead of the run that takes it.
 struct Prepared {
@@ -246,19 +251,21 @@ impl PreparedPool {
     }
 }
 
-/// Takes a ready ruleset with the system grants of `kernel_abi` and asks the filler thread for
-/// another. Creating a ruleset and adding its system rules was a sixth of a sandboxed run of
+/// Takes a ready ruleset with the system grants of `kernel_abi`, and asks the filler thread
+/// for more once few are left. Creating a ruleset and adding its system rules was a sixth of a sandboxed run of
 /// `/bin/true`; made ahead, on a thread that is otherwise idle, it leaves the run's path.
 /// `None` when none is ready (a burst of runs, or the first run after an idle second): the
 /// caller builds one itself, with the same rules.
 fn take_prepared(kernel_abi: u32) -> Option<RulesetCreated> {
     let pool = prepared_pool();
-    let taken = {
+    let (taken, left) = {
         let mut ready = pool.ready();
         ready.retain(|p| p.abi == kernel_abi && p.opened.elapsed() < SYSTEM_REFRESH);
-        ready.pop()
+        (ready.pop(), ready.len())
     };
-    if let Some(wake) = &pool.wake {
+    if left <= PREPARED_LOW_WATER
+        && let Some(wake) = &pool.wake
+    {
         // A filler that has stopped leaves every run to build its own ruleset.
         let _ = wake.send(kernel_abi);
     }

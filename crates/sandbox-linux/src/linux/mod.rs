@@ -13,7 +13,7 @@ use std::os::fd::{AsFd, OwnedFd};
 use std::path::PathBuf;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 use std::time::Instant;
 
 use sandbox_core::supervise::{
@@ -381,10 +381,12 @@ impl Inner {
         let control = LinuxChild {
             pid: spawned.pid,
             // SAFETY: the descriptor is owned by the AsyncFd and stays open as long as it.
-            pidfd: unsafe { AsyncFd::register(spawned.pidfd) }.map_err(|e| RunError::Io {
-                what: "watching the child",
-                source: io::Error::from(e),
-            })?,
+            pidfd: Mutex::new(Some(unsafe { AsyncFd::register(spawned.pidfd) }.map_err(
+                |e| RunError::Io {
+                    what: "watching the child",
+                    source: io::Error::from(e),
+                },
+            )?)),
             cgroup,
             reaped: AtomicBool::new(false),
         };
@@ -444,12 +446,35 @@ impl Sandbox for LinuxSandbox {
 #[derive(Debug)]
 struct LinuxChild {
     pid: libc::pid_t,
-    pidfd: AsyncFd<OwnedFd>,
+    /// The child's pidfd, watched by the runtime until [`ProcessControl::wait_exit`] takes it.
+    pidfd: Mutex<Option<AsyncFd<OwnedFd>>>,
     cgroup: Option<RunCgroup>,
     reaped: AtomicBool,
 }
 
 impl LinuxChild {
+    /// Whether the child has exited, without reaping it.
+    fn has_exited(&self) -> io::Result<bool> {
+        // SAFETY: siginfo_t is plain data that waitid fills.
+        let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
+        let id = libc::id_t::try_from(self.pid).map_err(io::Error::other)?;
+        // SAFETY: pid is our unreaped child and info a valid siginfo_t; WNOWAIT leaves the
+        // child to be reaped later.
+        let r = unsafe {
+            libc::waitid(
+                libc::P_PID,
+                id,
+                &mut info,
+                libc::WEXITED | libc::WNOHANG | libc::WNOWAIT,
+            )
+        };
+        if r < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: waitid filled info; si_pid is 0 when no child has changed state.
+        Ok(unsafe { info.si_pid() } != 0)
+    }
+
     /// Reaps the child if it has exited; `None` if it is still running.
     fn try_reap(&self, flags: libc::c_int) -> io::Result<Option<ExitInfo>> {
         let mut status = 0;
@@ -481,13 +506,24 @@ impl LinuxChild {
 impl ProcessControl for LinuxChild {
     fn wait_exit(&self) -> Pin<Box<dyn Future<Output = io::Result<ExitInfo>> + Send + '_>> {
         Box::pin(async move {
+            let pidfd = self
+                .pidfd
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .take()
+                .ok_or_else(|| io::Error::other("the child is already being waited for"))?;
             loop {
-                let mut guard = self.pidfd.readable().await?;
-                if let Some(exit) = self.try_reap(libc::WNOHANG)? {
-                    return Ok(exit);
+                let mut guard = pidfd.readable().await?;
+                if self.has_exited()? {
+                    break;
                 }
                 guard.clear_ready();
             }
+            // Reaping wakes every poller of the pidfd, so it leaves the runtime's poller first:
+            // otherwise each run would wake a runtime thread for nothing as it ends.
+            drop(pidfd);
+            self.try_reap(libc::WNOHANG)?
+                .ok_or_else(|| io::Error::other("the exited child could not be reaped"))
         })
     }
 

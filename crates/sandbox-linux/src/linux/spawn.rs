@@ -50,7 +50,9 @@ use std::io;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, OnceLock, mpsc};
+use std::sync::{Arc, Mutex, OnceLock};
+
+use crossbeam_channel::{Receiver, Sender};
 
 use sandbox_core::supervise::ChildPipes;
 use sandbox_core::{Limits, RunError};
@@ -375,7 +377,7 @@ struct ThreadSetup {
 
 /// The spawner pools, one per [`ThreadSetup`], started on first use.
 fn submit(setup: ThreadSetup, job: Job) -> Result<(), RunError> {
-    static POOLS: OnceLock<Mutex<HashMap<ThreadSetup, mpsc::Sender<Job>>>> = OnceLock::new();
+    static POOLS: OnceLock<Mutex<HashMap<ThreadSetup, Sender<Job>>>> = OnceLock::new();
     let sender = {
         let mut pools = POOLS
             .get_or_init(Default::default)
@@ -400,13 +402,14 @@ fn submit(setup: ThreadSetup, job: Job) -> Result<(), RunError> {
 }
 
 /// Starts the spawner threads of one setup: one per CPU, since each is busy only while a
-/// child sets itself up.
-fn start_pool(setup: ThreadSetup) -> io::Result<mpsc::Sender<Job>> {
-    let (sender, receiver) = mpsc::channel::<Job>();
-    let receiver = Arc::new(Mutex::new(receiver));
+/// child sets itself up. Every idle thread waits on the queue itself, so a job wakes exactly
+/// one of them; threads taking turns at a shared receiver would wake the next in line each
+/// time one takes a job, on the way to the clone.
+fn start_pool(setup: ThreadSetup) -> io::Result<Sender<Job>> {
+    let (sender, receiver) = crossbeam_channel::unbounded::<Job>();
     let threads = std::thread::available_parallelism().map_or(2, usize::from);
     for n in 0..threads {
-        let receiver = Arc::clone(&receiver);
+        let receiver = receiver.clone();
         std::thread::Builder::new()
             .name(format!("cordon-spawner-{n}"))
             .spawn(move || spawner(setup, &receiver))?;
@@ -416,7 +419,7 @@ fn start_pool(setup: ThreadSetup) -> io::Result<mpsc::Sender<Job>> {
 
 /// The loop of a spawner thread: apply `setup` to this thread, then clone children for as
 /// long as the server runs.
-fn spawner(setup: ThreadSetup, jobs: &Mutex<mpsc::Receiver<Job>>) {
+fn spawner(setup: ThreadSetup, jobs: &Receiver<Job>) {
     // Every signal stays blocked on this thread: a clone shares the parent's memory, so no
     // handler may run between clone and the child's reset of the dispositions.
     // SAFETY: sigset_t is plain data that sigfillset initializes; blocking signals of this
@@ -427,14 +430,7 @@ fn spawner(setup: ThreadSetup, jobs: &Mutex<mpsc::Receiver<Job>>) {
         libc::pthread_sigmask(libc::SIG_SETMASK, &all, std::ptr::null_mut());
     }
     let ready = prepare_thread(setup);
-    loop {
-        let job = {
-            let jobs = jobs.lock().unwrap_or_else(|e| e.into_inner());
-            match jobs.recv() {
-                Ok(job) => job,
-                Err(_) => return,
-            }
-        };
+    while let Ok(job) = jobs.recv() {
         let result = match &ready {
             Ok(()) => clone_child(job.plan, job.parent, job.program),
             Err((stage, errno)) => Err(RunError::Setup {
