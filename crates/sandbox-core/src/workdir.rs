@@ -178,7 +178,9 @@ impl Janitor {
                     .0
             } else {
                 shelf.activity = Activity::Idle;
-                self.wake.wait(shelf).unwrap_or_else(PoisonError::into_inner)
+                self.wake
+                    .wait(shelf)
+                    .unwrap_or_else(PoisonError::into_inner)
             };
         }
     }

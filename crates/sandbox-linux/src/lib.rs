@@ -23,8 +23,8 @@
 //! unprivileged run uid (when the server is root), `chdir`, `PR_SET_PDEATHSIG(SIGKILL)` (after
 //! the uid change, which clears it), `no_new_privs`, `landlock_restrict_self` on the prebuilt
 //! ruleset (not rust-landlock's `restrict_self`, which may allocate), the process group lock
-//! filter when there is no cgroup, `execve`. A failing step writes (step, errno) into a
-//! close-on-exec pipe and `_exit`s; the parent turns that into
+//! filter when there is no cgroup, `execve`. A failing step stores (step, errno) in the memory
+//! it shares with the suspended parent thread and `_exit`s; the parent turns that into
 //! [`sandbox_core::RunError::Setup`] or [`sandbox_core::RunError::Exec`].
 //! `std::process::Command::pre_exec` was not used because std changes the uid before
 //! `pre_exec` runs, too early for joining the cgroup.

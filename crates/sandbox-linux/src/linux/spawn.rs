@@ -24,7 +24,7 @@
 //! drop their bounding set (when the server is root) and install the variant's filter on
 //! themselves once, and every child is cloned by one of them: it starts with both already
 //! in force, before it runs a single instruction of its own. The spawner threads do nothing
-//! but clone, read the setup report and reply; they keep every signal blocked and never
+//! but clone, read the child's setup outcome and reply; they keep every signal blocked and never
 //! exit, which also gives `PR_SET_PDEATHSIG` (tied to the thread that cloned) a parent that
 //! lives as long as the server. When the process group must be locked (no cgroup), the
 //! child cannot inherit the `setpgid` rule, because it calls `setpgid` itself: it installs
@@ -40,9 +40,11 @@
 //! names, so a caller that gives up waiting (a cancelled run) cannot close one under the
 //! child; the spawner kills and reaps a child nobody waits for. The child then runs only raw
 //! system calls (`libc` wrappers that do nothing but the call, or `syscall` directly for
-//! set*id, whose glibc wrappers synchronize threads) and `execve`. A failure is written to a
-//! close-on-exec pipe as (step, errno) and the child exits with 127; a successful `execve`
-//! closes the pipe, which the parent sees as end of file.
+//! set*id, whose glibc wrappers synchronize threads) and `execve`. A failed step is stored in
+//! the plan as (step, errno), in the memory the child shares with the suspended spawner
+//! thread, and the child exits with 127. The thread resumes only once the child has exited or
+//! its `execve` has passed the point of no return, so it then reads either the failure or
+//! nothing, with no pipe, no extra system call and no second wake-up (as `posix_spawn` does).
 
 use std::collections::HashMap;
 use std::ffi::CString;
@@ -50,6 +52,7 @@ use std::io;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 
 use crossbeam_channel::{Receiver, Sender};
@@ -135,7 +138,8 @@ struct ChildPlan {
     stdin: RawFd,
     stdout: RawFd,
     stderr: RawFd,
-    report: RawFd,
+    /// The failed step and its errno, stored by the child; [`NO_FAILURE`] while none failed.
+    failure: AtomicU64,
     empty_mask: libc::sigset_t,
     default_action: libc::sigaction,
     /// The descriptors behind the raw numbers above, closed when the plan is dropped.
@@ -151,7 +155,6 @@ struct ParentEnds {
     stdin: Option<OwnedFd>,
     stdout: OwnedFd,
     stderr: OwnedFd,
-    report: OwnedFd,
 }
 
 /// One spawn request for a spawner thread.
@@ -303,7 +306,6 @@ pub(crate) async fn spawn(spec: &SpawnSpec<'_>) -> Result<Spawned, RunError> {
     };
     let (stdout_r, stdout_w) = pipe()?;
     let (stderr_r, stderr_w) = pipe()?;
-    let (report_r, report_w) = pipe()?;
 
     // SAFETY: sigset_t is plain data; sigemptyset initializes it.
     let mut empty_mask: libc::sigset_t = unsafe { std::mem::zeroed() };
@@ -334,10 +336,10 @@ pub(crate) async fn spawn(spec: &SpawnSpec<'_>) -> Result<Spawned, RunError> {
         stdin: stdin_fd,
         stdout: stdout_w.as_raw_fd(),
         stderr: stderr_w.as_raw_fd(),
-        report: report_w.as_raw_fd(),
+        failure: AtomicU64::new(NO_FAILURE),
         empty_mask,
         default_action,
-        _owned: [stdin_r, Some(stdout_w), Some(stderr_w), Some(report_w)]
+        _owned: [stdin_r, Some(stdout_w), Some(stderr_w)]
             .into_iter()
             .chain([cgroup_procs, landlock])
             .flatten()
@@ -350,7 +352,6 @@ pub(crate) async fn spawn(spec: &SpawnSpec<'_>) -> Result<Spawned, RunError> {
             stdin: stdin_w,
             stdout: stdout_r,
             stderr: stderr_r,
-            report: report_r,
         },
         program: spec.program.to_owned(),
         reply,
@@ -501,7 +502,11 @@ fn prepare_thread(setup: ThreadSetup) -> Result<(), (&'static str, i32)> {
     Ok(())
 }
 
-/// Clones the child of `job` on this (spawner) thread and waits for its setup report.
+/// What [`ChildPlan::failure`] holds while no step of the child has failed.
+const NO_FAILURE: u64 = u64::MAX;
+
+/// Clones the child of `job` on this (spawner) thread; returns once it has executed the
+/// program or failed to.
 fn clone_child(plan: ChildPlan, parent: ParentEnds, program: PathBuf) -> Result<Spawned, RunError> {
     let stack = CHILD_STACK.with(|stack| match stack.get() {
         Some(stack) => Ok(stack.top()),
@@ -538,36 +543,21 @@ fn clone_child(plan: ChildPlan, parent: ParentEnds, program: PathBuf) -> Result<
     // SAFETY: CLONE_PIDFD stored a fresh close-on-exec descriptor that nobody else owns.
     let pidfd = unsafe { OwnedFd::from_raw_fd(pidfd) };
 
+    // CLONE_VFORK resumed this thread after the child's execve passed the point of no return
+    // or after its _exit, so whatever it stored is there to read.
+    let failure = plan.failure.load(Ordering::Acquire);
     drop(plan);
-    let mut report = [0u8; 8];
-    let mut got = 0;
-    while got < report.len() {
-        // SAFETY: the buffer slice is valid for the requested length.
-        let n = unsafe {
-            libc::read(
-                parent.report.as_raw_fd(),
-                report[got..].as_mut_ptr().cast(),
-                report.len() - got,
-            )
-        };
-        if n == 0 {
-            break;
-        }
-        if n < 0 {
-            if io::Error::last_os_error().kind() == io::ErrorKind::Interrupted {
-                continue;
-            }
-            break;
-        }
-        got += n.unsigned_abs();
-    }
-    if got > 0 {
-        // The child failed before execve and exits; reap it so no zombie is left.
+    if failure != NO_FAILURE {
+        // The child failed before execve and has exited; reap it so no zombie is left.
         let mut status = 0;
         // SAFETY: pid is our child; status is a valid int.
         unsafe { libc::waitpid(pid, &mut status, 0) };
-        let stage = u32::from_ne_bytes([report[0], report[1], report[2], report[3]]);
-        let errno = i32::from_ne_bytes([report[4], report[5], report[6], report[7]]);
+        let stage = u32::try_from(failure >> 32).unwrap_or(u32::MAX);
+        let errno = i32::from_ne_bytes(
+            u32::try_from(failure & 0xffff_ffff)
+                .unwrap_or(0)
+                .to_ne_bytes(),
+        );
         let source = io::Error::from_raw_os_error(errno);
         if stage == STAGE_EXEC {
             return Err(RunError::Exec { program, source });
@@ -596,14 +586,14 @@ fn clone_child(plan: ChildPlan, parent: ParentEnds, program: PathBuf) -> Result<
 unsafe fn fail(plan: &ChildPlan, stage: u32) -> ! {
     // SAFETY: __errno_location returns the calling thread's errno slot.
     let errno = unsafe { *libc::__errno_location() };
-    let mut msg = [0u8; 8];
-    msg[..4].copy_from_slice(&stage.to_ne_bytes());
-    msg[4..].copy_from_slice(&errno.to_ne_bytes());
-    // SAFETY: write and _exit are async-signal-safe; msg is valid for 8 bytes.
-    unsafe {
-        libc::write(plan.report, msg.as_ptr().cast(), msg.len());
-        libc::_exit(127)
-    }
+    let errno = u32::from_ne_bytes(errno.to_ne_bytes());
+    // An atomic store is a plain store of shared memory: async-signal-safe.
+    plan.failure.store(
+        (u64::from(stage) << 32) | u64::from(errno),
+        Ordering::Release,
+    );
+    // SAFETY: _exit is async-signal-safe and ends the child.
+    unsafe { libc::_exit(127) }
 }
 
 /// The entry point `clone` calls on the child stack; `arg` is the [`ChildPlan`].

@@ -1,6 +1,8 @@
 //! Positive controls: what must keep working inside the sandbox.
 
-use sandbox_core::{LandlockStatus, PolicySpec, RunRequest};
+use std::os::unix::fs::PermissionsExt;
+
+use sandbox_core::{LandlockStatus, PolicySpec, RunError, RunOptions, RunOutcome, RunRequest};
 
 use crate::*;
 
@@ -140,4 +142,64 @@ fn usage_is_the_childs() {
         "{:?}",
         out.usage
     );
+}
+
+/// Runs `request` with the strongest backend and returns what the run itself returned.
+fn try_run(request: RunRequest) -> Result<RunOutcome, RunError> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime")
+        .block_on(strongest().run(request, RunOptions::default()))
+}
+
+#[test]
+fn a_program_the_kernel_refuses_to_execute_is_reported_with_its_errno() {
+    let dir = open_dir();
+    let program = dir.path().join("not-a-program");
+    std::fs::write(&program, [0u8, 1, 2, 3]).unwrap();
+    std::fs::set_permissions(&program, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let spec = PolicySpec {
+        read_paths: vec![dir.path().display().to_string()],
+        ..PolicySpec::default()
+    };
+    let request = RunRequest::new(vec![program.display().to_string()], policy(spec)).unwrap();
+    match try_run(request) {
+        Err(RunError::Exec {
+            program: failed,
+            source,
+        }) => {
+            assert_eq!(failed, program);
+            assert_eq!(source.raw_os_error(), Some(libc::ENOEXEC), "{source}");
+        }
+        other => panic!("expected an exec failure, got {other:?}"),
+    }
+    // The spawner thread that cloned the failed child still serves runs.
+    let out = run(policy(PolicySpec::default()), &["echo", "after"]);
+    assert_eq!(stdout(&out), "after\n");
+}
+
+#[test]
+fn a_setup_step_that_fails_in_the_child_is_named_with_its_errno() {
+    // A working directory the run's uid may not enter: the child's chdir fails, after the
+    // server itself opened the directory without trouble for the Landlock grant.
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o600)).unwrap();
+    let path = dir.path().display().to_string();
+    let spec = PolicySpec {
+        write_paths: vec![path.clone()],
+        ..PolicySpec::default()
+    };
+    let request = RunRequest::new(vec!["true".into()], policy(spec))
+        .unwrap()
+        .with_cwd(&path)
+        .unwrap();
+    match try_run(request) {
+        Err(RunError::Setup { stage, source }) => {
+            assert_eq!(stage, "chdir");
+            assert_eq!(source.raw_os_error(), Some(libc::EACCES), "{source}");
+        }
+        other => panic!("expected a setup failure, got {other:?}"),
+    }
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o700)).unwrap();
 }
