@@ -47,15 +47,14 @@
 //! nothing, with no pipe, no extra system call and no second wake-up (as `posix_spawn` does).
 
 use std::collections::HashMap;
+use std::collections::VecDeque;
 use std::ffi::CString;
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, OnceLock};
-
-use crossbeam_channel::{Receiver, Sender};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock, PoisonError};
 
 use sandbox_core::supervise::ChildPipes;
 use sandbox_core::{Limits, RunError};
@@ -378,49 +377,124 @@ struct ThreadSetup {
 
 /// The spawner pools, one per [`ThreadSetup`], started on first use.
 fn submit(setup: ThreadSetup, job: Job) -> Result<(), RunError> {
-    static POOLS: OnceLock<Mutex<HashMap<ThreadSetup, Sender<Job>>>> = OnceLock::new();
-    let sender = {
+    static POOLS: OnceLock<Mutex<HashMap<ThreadSetup, Arc<JobQueue>>>> = OnceLock::new();
+    let queue = {
         let mut pools = POOLS
             .get_or_init(Default::default)
             .lock()
-            .unwrap_or_else(|e| e.into_inner());
+            .unwrap_or_else(PoisonError::into_inner);
         match pools.get(&setup) {
-            Some(sender) => sender.clone(),
+            Some(queue) => Arc::clone(queue),
             None => {
-                let sender = start_pool(setup).map_err(|source| RunError::Io {
+                let queue = start_pool(setup).map_err(|source| RunError::Io {
                     what: "starting a spawner thread",
                     source,
                 })?;
-                pools.insert(setup, sender.clone());
-                sender
+                pools.insert(setup, Arc::clone(&queue));
+                queue
             }
         }
     };
-    sender.send(job).map_err(|_| RunError::Io {
-        what: "handing the child to a spawner thread",
-        source: io::Error::other("the spawner threads are gone"),
-    })
+    if queue.push(job) {
+        Ok(())
+    } else {
+        Err(RunError::Io {
+            what: "handing the child to a spawner thread",
+            source: io::Error::other("the spawner threads are gone"),
+        })
+    }
+}
+
+/// The jobs of one spawner pool.
+///
+/// Idle spawner threads sleep on `ready`, and each job wakes exactly one of them. None of
+/// them spins or yields while it waits: on a machine with few CPUs, a waiting thread that
+/// keeps yielding sits in the run queue of the CPU where a child is setting itself up or
+/// running, and takes turns with it.
+struct JobQueue {
+    state: Mutex<QueueState>,
+    ready: Condvar,
+}
+
+struct QueueState {
+    jobs: VecDeque<Job>,
+    /// Spawner threads still serving the queue; none left refuses new jobs.
+    threads: usize,
+}
+
+impl JobQueue {
+    fn state(&self) -> MutexGuard<'_, QueueState> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Queues `job` for the next idle thread; false (and the job dropped) when no thread is
+    /// left to take it.
+    fn push(&self, job: Job) -> bool {
+        let mut state = self.state();
+        if state.threads == 0 {
+            return false;
+        }
+        state.jobs.push_back(job);
+        drop(state);
+        self.ready.notify_one();
+        true
+    }
+
+    /// The next job, waiting for one as long as it takes.
+    fn pop(&self) -> Job {
+        let mut state = self.state();
+        loop {
+            if let Some(job) = state.jobs.pop_front() {
+                return job;
+            }
+            state = self
+                .ready
+                .wait(state)
+                .unwrap_or_else(PoisonError::into_inner);
+        }
+    }
+}
+
+/// Counts a spawner thread out of its queue when it ends, which only a panic can make it do.
+/// The last one to go fails the jobs still queued (their callers see their reply channel
+/// closed) rather than leaving them to wait forever.
+struct ThreadLeaves(Arc<JobQueue>);
+
+impl Drop for ThreadLeaves {
+    fn drop(&mut self) {
+        let mut state = self.0.state();
+        state.threads -= 1;
+        if state.threads == 0 {
+            state.jobs.clear();
+        }
+    }
 }
 
 /// Starts the spawner threads of one setup: one per CPU, since each is busy only while a
-/// child sets itself up. Every idle thread waits on the queue itself, so a job wakes exactly
-/// one of them; threads taking turns at a shared receiver would wake the next in line each
-/// time one takes a job, on the way to the clone.
-fn start_pool(setup: ThreadSetup) -> io::Result<Sender<Job>> {
-    let (sender, receiver) = crossbeam_channel::unbounded::<Job>();
+/// child sets itself up.
+fn start_pool(setup: ThreadSetup) -> io::Result<Arc<JobQueue>> {
+    let queue = Arc::new(JobQueue {
+        state: Mutex::new(QueueState {
+            jobs: VecDeque::new(),
+            threads: 0,
+        }),
+        ready: Condvar::new(),
+    });
     let threads = std::thread::available_parallelism().map_or(2, usize::from);
     for n in 0..threads {
-        let receiver = receiver.clone();
+        // Counted in before it starts: a thread that fails to start drops its count again.
+        queue.state().threads += 1;
+        let leaves = ThreadLeaves(Arc::clone(&queue));
         std::thread::Builder::new()
             .name(format!("cordon-spawner-{n}"))
-            .spawn(move || spawner(setup, &receiver))?;
+            .spawn(move || spawner(setup, leaves))?;
     }
-    Ok(sender)
+    Ok(queue)
 }
 
 /// The loop of a spawner thread: apply `setup` to this thread, then clone children for as
 /// long as the server runs.
-fn spawner(setup: ThreadSetup, jobs: &Receiver<Job>) {
+fn spawner(setup: ThreadSetup, queue: ThreadLeaves) -> ! {
     // Every signal stays blocked on this thread: a clone shares the parent's memory, so no
     // handler may run between clone and the child's reset of the dispositions.
     // SAFETY: sigset_t is plain data that sigfillset initializes; blocking signals of this
@@ -431,7 +505,8 @@ fn spawner(setup: ThreadSetup, jobs: &Receiver<Job>) {
         libc::pthread_sigmask(libc::SIG_SETMASK, &all, std::ptr::null_mut());
     }
     let ready = prepare_thread(setup);
-    while let Ok(job) = jobs.recv() {
+    loop {
+        let job = queue.0.pop();
         let result = match &ready {
             Ok(()) => clone_child(job.plan, job.parent, job.program),
             Err((stage, errno)) => Err(RunError::Setup {
