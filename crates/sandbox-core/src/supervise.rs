@@ -133,6 +133,10 @@ pub struct ChildPipes {
     pub stdout: OwnedFd,
     /// Read end of the child's standard error.
     pub stderr: OwnedFd,
+    /// The platform made the three ends pipes in non-blocking mode already, so the supervisor
+    /// takes them as they are; otherwise it checks that each is a pipe and switches it to
+    /// non-blocking itself, three system calls per end.
+    pub nonblocking: bool,
 }
 
 /// What the supervisor saw.
@@ -203,14 +207,24 @@ pub async fn supervise(
     started: Instant,
 ) -> Result<Supervised, RunError> {
     let io_error = |what| move |source| RunError::Io { what, source };
-    let mut stdout_rx =
-        pipe::Receiver::from_owned_fd(pipes.stdout).map_err(io_error("stdout pipe"))?;
-    let mut stderr_rx =
-        pipe::Receiver::from_owned_fd(pipes.stderr).map_err(io_error("stderr pipe"))?;
-    let stdin_tx = match pipes.stdin {
-        Some(fd) if !stdin.is_empty() => {
-            Some(pipe::Sender::from_owned_fd(fd).map_err(io_error("stdin pipe"))?)
+    let receiver = |fd| {
+        if pipes.nonblocking {
+            pipe::Receiver::from_owned_fd_unchecked(fd)
+        } else {
+            pipe::Receiver::from_owned_fd(fd)
         }
+    };
+    let mut stdout_rx = receiver(pipes.stdout).map_err(io_error("stdout pipe"))?;
+    let mut stderr_rx = receiver(pipes.stderr).map_err(io_error("stderr pipe"))?;
+    let stdin_tx = match pipes.stdin {
+        Some(fd) if !stdin.is_empty() => Some(
+            if pipes.nonblocking {
+                pipe::Sender::from_owned_fd_unchecked(fd)
+            } else {
+                pipe::Sender::from_owned_fd(fd)
+            }
+            .map_err(io_error("stdin pipe"))?,
+        ),
         _ => None,
     };
     let cap = usize::try_from(limits.max_output_bytes).unwrap_or(usize::MAX);

@@ -322,6 +322,7 @@ impl Inner {
                 stdin: Some(OwnedFd::from(stdin)),
                 stdout: OwnedFd::from(stdout),
                 stderr: OwnedFd::from(stderr),
+                nonblocking: false,
             },
             _ => {
                 let _ = child.kill();

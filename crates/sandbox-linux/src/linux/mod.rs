@@ -9,7 +9,7 @@ pub(crate) mod work_fs;
 use std::collections::BTreeMap;
 use std::future::Future;
 use std::io;
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::OwnedFd;
 use std::path::PathBuf;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -372,12 +372,11 @@ impl Inner {
             drop_bounding_set: self.host.root.then_some(self.host.cap_last_cap),
             no_new_privs: self.layers.no_new_privs,
             cgroup_procs: cgroup.as_ref().and_then(|c| c.procs_fd()),
-            landlock: ruleset.as_ref().map(|r| r.fd.as_fd()),
+            landlock: ruleset.map(|r| r.fd),
             seccomp: seccomp_variant,
         };
         let started = Instant::now();
-        let spawned = spawn::spawn(&spec).await?;
-        drop(ruleset);
+        let spawned = spawn::spawn(spec).await?;
         let control = LinuxChild {
             pid: spawned.pid,
             // SAFETY: the descriptor is owned by the AsyncFd and stays open as long as it.

@@ -102,7 +102,9 @@ pub(crate) struct SpawnSpec<'a> {
     pub(crate) drop_bounding_set: Option<u32>,
     pub(crate) no_new_privs: bool,
     pub(crate) cgroup_procs: Option<BorrowedFd<'a>>,
-    pub(crate) landlock: Option<BorrowedFd<'a>>,
+    /// The Landlock ruleset, handed to the child's plan, which keeps it open until the child
+    /// has used it.
+    pub(crate) landlock: Option<OwnedFd>,
     /// The seccomp filter the child starts under; `None` for no filter.
     pub(crate) seccomp: Option<Variant>,
 }
@@ -208,6 +210,25 @@ fn dev_null() -> Result<BorrowedFd<'static>, RunError> {
     Ok(DEV_NULL.get_or_init(|| fd).as_fd())
 }
 
+/// Puts the parent's end of a pipe in non-blocking mode, for the async supervisor. The
+/// child's end is a separate open file, so it stays blocking, as programs expect of their
+/// standard streams.
+fn set_nonblocking(fd: &OwnedFd) -> Result<(), RunError> {
+    // SAFETY: F_SETFL sets the status flags of a valid descriptor; no memory is involved. A
+    // pipe end has no status flag but its access mode, which F_SETFL leaves alone.
+    if unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_SETFL, libc::O_NONBLOCK) } != 0 {
+        return Err(os_error("making a pipe non-blocking"));
+    }
+    Ok(())
+}
+
+/// The server's pid, asked once: glibc no longer caches it, and every plan names it.
+fn server_pid() -> libc::pid_t {
+    static PID: OnceLock<libc::pid_t> = OnceLock::new();
+    // SAFETY: getpid has no preconditions.
+    *PID.get_or_init(|| unsafe { libc::getpid() })
+}
+
 /// A close-on-exec pipe whose ends are never 0, 1 or 2, so that the child's `dup2` onto the
 /// standard descriptors cannot clobber another end.
 fn pipe() -> Result<(OwnedFd, OwnedFd), RunError> {
@@ -232,7 +253,7 @@ fn rlimit(value: u64) -> libc::rlimit {
 
 /// Clones a child on a spawner thread of the spec's seccomp variant, applies `spec` in it
 /// and executes the program.
-pub(crate) async fn spawn(spec: &SpawnSpec<'_>) -> Result<Spawned, RunError> {
+pub(crate) async fn spawn(spec: SpawnSpec<'_>) -> Result<Spawned, RunError> {
     let program = cstring(spec.program.as_os_str().as_bytes())?;
     let argv = spec
         .argv
@@ -291,7 +312,7 @@ pub(crate) async fn spawn(spec: &SpawnSpec<'_>) -> Result<Spawned, RunError> {
             })
     };
     let cgroup_procs = dup(spec.cgroup_procs)?;
-    let landlock = dup(spec.landlock)?;
+    let landlock = spec.landlock;
 
     let (stdin_r, stdin_w) = if spec.stdin {
         let (read, write) = pipe()?;
@@ -305,6 +326,12 @@ pub(crate) async fn spawn(spec: &SpawnSpec<'_>) -> Result<Spawned, RunError> {
     };
     let (stdout_r, stdout_w) = pipe()?;
     let (stderr_r, stderr_w) = pipe()?;
+    for parent_end in [stdin_w.as_ref(), Some(&stdout_r), Some(&stderr_r)]
+        .into_iter()
+        .flatten()
+    {
+        set_nonblocking(parent_end)?;
+    }
 
     // SAFETY: sigset_t is plain data; sigemptyset initializes it.
     let mut empty_mask: libc::sigset_t = unsafe { std::mem::zeroed() };
@@ -330,8 +357,7 @@ pub(crate) async fn spawn(spec: &SpawnSpec<'_>) -> Result<Spawned, RunError> {
         landlock: landlock.as_ref().map_or(-1, |fd| fd.as_raw_fd()),
         lock_filter,
         _lock_program: lock,
-        // SAFETY: getpid has no preconditions.
-        parent_pid: unsafe { libc::getpid() },
+        parent_pid: server_pid(),
         stdin: stdin_fd,
         stdout: stdout_w.as_raw_fd(),
         stderr: stderr_w.as_raw_fd(),
@@ -650,6 +676,7 @@ fn clone_child(plan: ChildPlan, parent: ParentEnds, program: PathBuf) -> Result<
             stdin: parent.stdin,
             stdout: parent.stdout,
             stderr: parent.stderr,
+            nonblocking: true,
         },
     })
 }
