@@ -252,8 +252,9 @@ impl PreparedPool {
 }
 
 /// Takes a ready ruleset with the system grants of `kernel_abi`, and asks the filler thread
-/// for more once few are left. Creating a ruleset and adding its system rules was a sixth of a sandboxed run of
-/// `/bin/true`; made ahead, on a thread that is otherwise idle, it leaves the run's path.
+/// for more once few are left. Creating a ruleset and adding its system rules was a sixth of
+/// a sandboxed run of `/bin/true`; made ahead, on a thread that is otherwise idle, it leaves
+/// the run's path.
 /// `None` when none is ready (a burst of runs, or the first run after an idle second): the
 /// caller builds one itself, with the same rules.
 fn take_prepared(kernel_abi: u32) -> Option<RulesetCreated> {

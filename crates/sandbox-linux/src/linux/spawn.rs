@@ -24,8 +24,8 @@
 //! drop their bounding set (when the server is root) and install the variant's filter on
 //! themselves once, and every child is cloned by one of them: it starts with both already
 //! in force, before it runs a single instruction of its own. The spawner threads do nothing
-//! but clone, read the child's setup outcome and reply; they keep every signal blocked and never
-//! exit, which also gives `PR_SET_PDEATHSIG` (tied to the thread that cloned) a parent that
+//! but clone, read the child's setup outcome and reply; they keep every signal blocked and
+//! never exit, which also gives `PR_SET_PDEATHSIG` (tied to the thread that cloned) a parent that
 //! lives as long as the server. When the process group must be locked (no cgroup), the
 //! child cannot inherit the `setpgid` rule, because it calls `setpgid` itself: it installs
 //! that small second filter after doing so. On the development machine this took a run of
@@ -46,8 +46,7 @@
 //! its `execve` has passed the point of no return, so it then reads either the failure or
 //! nothing, with no pipe, no extra system call and no second wake-up (as `posix_spawn` does).
 
-use std::collections::HashMap;
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::ffi::CString;
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
