@@ -188,26 +188,40 @@ impl Janitor {
 
 /// Makes up to `count` directories for `place`; stops at the first failure, which is logged.
 fn make_some(place: &Place, count: usize) -> Vec<PathBuf> {
+    let (root, owner) = place;
     let mut made = Vec::with_capacity(count);
-    for _ in 0..count {
-        match make(&place.0, place.1) {
-            Ok(path) => made.push(path),
-            Err(error) => {
-                tracing::warn!(root = %place.0.display(), %error, "cannot prepare run directories");
-                break;
-            }
+    // The root is made sure of once per batch, not once per directory.
+    let result = make_root(root).and_then(|()| {
+        for _ in 0..count {
+            made.push(make_in(root, *owner)?);
         }
+        Ok(())
+    });
+    if let Err(error) = result {
+        tracing::warn!(root = %root.display(), %error, "cannot prepare run directories");
     }
     made
 }
 
-/// Creates a fresh directory (mode 0700) under `root`, owned by `owner` when given.
+/// Creates a fresh directory (mode 0700) under `root`, and `root` itself if need be, owned by
+/// `owner` when given.
 fn make(root: &Path, owner: Option<(u32, u32)>) -> io::Result<PathBuf> {
-    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    make_root(root)?;
+    make_in(root, owner)
+}
+
+/// Creates `root` (mode 0711: runs may enter their own directories, not list the others) unless
+/// it exists.
+fn make_root(root: &Path) -> io::Result<()> {
     std::fs::DirBuilder::new()
         .recursive(true)
         .mode(0o711)
-        .create(root)?;
+        .create(root)
+}
+
+/// Creates a fresh directory (mode 0700) in the existing `root`, owned by `owner` when given.
+fn make_in(root: &Path, owner: Option<(u32, u32)>) -> io::Result<PathBuf> {
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
     let n = COUNTER.fetch_add(1, Ordering::Relaxed);
     let path = root.join(format!("run-{}-{n}", std::process::id()));
     std::fs::DirBuilder::new().mode(0o700).create(&path)?;

@@ -6,7 +6,7 @@ use audit::{
 };
 use sha2::{Digest, Sha256};
 
-use crate::common::{append_range, entry, open};
+use crate::common::{append_range, entry, open, verified};
 
 #[tokio::test]
 async fn chain_survives_reopen() {
@@ -36,8 +36,7 @@ async fn chain_survives_reopen() {
     );
     drop(log);
 
-    let report = verify_dir(tmp.path()).unwrap();
-    assert!(report.ok, "{report:?}");
+    let report = verified(tmp.path());
     assert_eq!(report.records_checked, 20);
     assert_eq!(report.segments, 1);
     assert_eq!(report.head.seq, 20);

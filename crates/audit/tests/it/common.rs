@@ -2,7 +2,7 @@
 
 use std::path::Path;
 
-use audit::{AuditLog, Config, Entry, Kind};
+use audit::{AuditLog, Config, Entry, Kind, VerifyReport, verify_dir};
 
 /// A valid entry whose fields depend on `n`, so that records differ from each other.
 pub(crate) fn entry(n: u64) -> Entry {
@@ -26,6 +26,14 @@ pub(crate) fn entry(n: u64) -> Entry {
 
 pub(crate) fn open(dir: &Path) -> AuditLog {
     AuditLog::open(Config::new(dir)).expect("open audit log")
+}
+
+/// Verifies the stopped log under `dir` offline, fails the test unless the chain is intact, and
+/// returns the report for its counts.
+pub(crate) fn verified(dir: &Path) -> VerifyReport {
+    let report = verify_dir(dir).expect("verify the log directory");
+    assert!(report.ok, "{report:?}");
+    report
 }
 
 /// Appends `entry(from)`, ..., `entry(to - 1)` one after the other.

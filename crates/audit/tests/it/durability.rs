@@ -9,9 +9,9 @@ use std::io::{BufRead, BufReader, Write};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use audit::{AuditLog, Config, Durability, Query, verify_dir};
+use audit::{AuditLog, Config, Durability, Query};
 
-use crate::common::entry;
+use crate::common::{entry, verified};
 
 const CHILD_ENV: &str = "AUDIT_KILL9_DIR";
 const DURABILITY_ENV: &str = "AUDIT_KILL9_DURABILITY";
@@ -89,8 +89,7 @@ fn kill_9_case(test_name: &str, mode: &str) {
     }
 
     // Offline verification of the files exactly as the killed process left them.
-    let report = verify_dir(tmp.path()).unwrap();
-    assert!(report.ok, "{report:?}");
+    let report = verified(tmp.path());
     let max_acked = *acked.last().unwrap();
     assert!(
         report.head.seq >= max_acked,
@@ -127,8 +126,7 @@ fn kill_9_case(test_name: &str, mode: &str) {
         "the chain continues"
     );
     drop(log);
-    let report = verify_dir(tmp.path()).unwrap();
-    assert!(report.ok, "{report:?}");
+    verified(tmp.path());
 }
 
 /// Runs in the re-executed child until the parent kills it.

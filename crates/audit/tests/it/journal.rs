@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use audit::{AuditLog, Config, Durability, Entry, Query, verify_dir};
 
-use crate::common::{append_range, entry, open};
+use crate::common::{append_range, entry, open, verified};
 
 fn open_journaled(dir: &Path) -> AuditLog {
     let mut config = Config::new(dir);
@@ -106,8 +106,7 @@ async fn journaled_records_verify_offline_and_are_committed_by_the_next_open() {
         3,
         "records 4 to 7 are only in the journal"
     );
-    let report = verify_dir(image.path()).unwrap();
-    assert!(report.ok, "{report:?}");
+    let report = verified(image.path());
     assert_eq!((report.records_checked, report.head.seq), (7, 7));
     assert_eq!(
         report.head,
@@ -124,8 +123,7 @@ async fn journaled_records_verify_offline_and_are_committed_by_the_next_open() {
         journals(image.path()).is_empty(),
         "a committed journal is removed"
     );
-    let report = verify_dir(image.path()).unwrap();
-    assert!(report.ok, "{report:?}");
+    let report = verified(image.path());
     assert_eq!(report.records_checked, 8);
 
     // The live log commits its journaled records once the directory is back.
@@ -133,8 +131,7 @@ async fn journaled_records_verify_offline_and_are_committed_by_the_next_open() {
     wait_until("the writer's retry succeeds", || !log.is_failing());
     assert_eq!(all_entries(&log).await, expected);
     drop(log);
-    let report = verify_dir(tmp.path()).unwrap();
-    assert!(report.ok, "{report:?}");
+    let report = verified(tmp.path());
     assert_eq!(report.records_checked, 7);
 }
 
@@ -181,8 +178,7 @@ async fn a_torn_journal_tail_is_an_unacknowledged_append() {
     file.set_len(len - 10).unwrap();
     drop(file);
 
-    let report = verify_dir(image.path()).unwrap();
-    assert!(report.ok, "{report:?}");
+    let report = verified(image.path());
     assert_eq!(report.records_checked, 6);
     let reopened = open_journaled(image.path());
     assert_eq!(reopened.append(entry(6)).await.unwrap(), 7);
@@ -212,8 +208,7 @@ async fn the_journal_rotates_and_committed_files_are_removed() {
     );
     drop(log);
     assert!(journals(tmp.path()).is_empty());
-    let report = verify_dir(tmp.path()).unwrap();
-    assert!(report.ok, "{report:?}");
+    let report = verified(tmp.path());
     assert_eq!(report.records_checked, 400);
 }
 
@@ -237,8 +232,7 @@ async fn records_of_a_long_outage_wait_in_the_journal_and_are_all_committed_afte
         journals(tmp.path()).is_empty(),
         "every journal is committed"
     );
-    let report = verify_dir(tmp.path()).unwrap();
-    assert!(report.ok, "{report:?}");
+    let report = verified(tmp.path());
     assert_eq!(report.head, head);
     let segments_only = audit::query_dir(
         tmp.path(),
@@ -281,8 +275,7 @@ async fn appends_queued_together_are_written_to_the_journal_in_one_write() {
     let entries = all_entries(&log).await;
     assert_eq!(entries, (0..10).map(entry).collect::<Vec<_>>());
     drop(log);
-    let report = verify_dir(tmp.path()).unwrap();
-    assert!(report.ok, "{report:?}");
+    let report = verified(tmp.path());
     assert_eq!(report.records_checked, 10);
 }
 
@@ -371,8 +364,7 @@ fn a_failed_journal_write_acknowledges_none_of_its_records_and_the_chain_continu
         "child failed: {stdout}{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let report = verify_dir(tmp.path()).unwrap();
-    assert!(report.ok, "{report:?}");
+    let report = verified(tmp.path());
     assert_eq!(report.records_checked, 4);
 }
 

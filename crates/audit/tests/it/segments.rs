@@ -1,8 +1,8 @@
 //! Sealing segments and continuing the chain across them.
 
-use audit::{Query, segment_path, verify_dir};
+use audit::{Query, segment_path};
 
-use crate::common::{append_range, open, raw};
+use crate::common::{append_range, open, raw, verified};
 
 #[tokio::test]
 async fn seal_continue_and_verify_across_segments() {
@@ -70,8 +70,7 @@ async fn seal_continue_and_verify_across_segments() {
     let log = open(tmp.path());
     assert_eq!(log.append(crate::common::entry(18)).await.unwrap(), 19);
     drop(log);
-    let report = verify_dir(tmp.path()).unwrap();
-    assert!(report.ok, "{report:?}");
+    let report = verified(tmp.path());
     assert_eq!((report.records_checked, report.segments), (19, 3));
 }
 
@@ -196,13 +195,11 @@ async fn a_log_that_cannot_start_its_next_segment_fails_appends_until_it_can() {
     );
     drop(log);
 
-    let report = verify_dir(tmp.path()).unwrap();
-    assert!(report.ok, "{report:?}");
+    let report = verified(tmp.path());
     assert_eq!((report.records_checked, report.segments), (4, 2));
     let log = open(tmp.path());
     assert_eq!(log.append(crate::common::entry(5)).await.unwrap(), 5);
     drop(log);
-    let report = verify_dir(tmp.path()).unwrap();
-    assert!(report.ok, "{report:?}");
+    let report = verified(tmp.path());
     assert_eq!(report.records_checked, 5);
 }

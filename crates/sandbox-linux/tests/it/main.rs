@@ -14,7 +14,9 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::sync::Arc;
 
-use sandbox_core::{Policy, PolicySpec, RunOptions, RunOutcome, RunRequest, Sandbox, Technology};
+use sandbox_core::{
+    Policy, PolicySpec, RunError, RunOptions, RunOutcome, RunRequest, Sandbox, Technology,
+};
 use sandbox_linux::LinuxConfig;
 
 /// The Landlock ABI of this kernel, asked directly rather than through the library.
@@ -57,13 +59,17 @@ pub fn policy(spec: PolicySpec) -> Policy {
     Policy::new(&spec).expect("valid policy")
 }
 
-pub fn run_on(sandbox: &Arc<dyn Sandbox>, request: RunRequest) -> RunOutcome {
+/// Runs `request` and returns what the run itself returned, success or error.
+pub fn try_run_on(sandbox: &Arc<dyn Sandbox>, request: RunRequest) -> Result<RunOutcome, RunError> {
     tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .expect("runtime")
         .block_on(sandbox.run(request, RunOptions::default()))
-        .expect("run succeeds")
+}
+
+pub fn run_on(sandbox: &Arc<dyn Sandbox>, request: RunRequest) -> RunOutcome {
+    try_run_on(sandbox, request).expect("run succeeds")
 }
 
 /// Runs `argv` with the strongest backend.

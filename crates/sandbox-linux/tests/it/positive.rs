@@ -2,7 +2,7 @@
 
 use std::os::unix::fs::PermissionsExt;
 
-use sandbox_core::{LandlockStatus, PolicySpec, RunError, RunOptions, RunOutcome, RunRequest};
+use sandbox_core::{LandlockStatus, PolicySpec, RunError, RunRequest};
 
 use crate::*;
 
@@ -144,15 +144,6 @@ fn usage_is_the_childs() {
     );
 }
 
-/// Runs `request` with the strongest backend and returns what the run itself returned.
-fn try_run(request: RunRequest) -> Result<RunOutcome, RunError> {
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("runtime")
-        .block_on(strongest().run(request, RunOptions::default()))
-}
-
 #[test]
 fn a_program_the_kernel_refuses_to_execute_is_reported_with_its_errno() {
     let dir = open_dir();
@@ -164,7 +155,7 @@ fn a_program_the_kernel_refuses_to_execute_is_reported_with_its_errno() {
         ..PolicySpec::default()
     };
     let request = RunRequest::new(vec![program.display().to_string()], policy(spec)).unwrap();
-    match try_run(request) {
+    match try_run_on(&strongest(), request) {
         Err(RunError::Exec {
             program: failed,
             source,
@@ -194,7 +185,7 @@ fn a_setup_step_that_fails_in_the_child_is_named_with_its_errno() {
         .unwrap()
         .with_cwd(&path)
         .unwrap();
-    match try_run(request) {
+    match try_run_on(&strongest(), request) {
         Err(RunError::Setup { stage, source }) => {
             assert_eq!(stage, "chdir");
             assert_eq!(source.raw_os_error(), Some(libc::EACCES), "{source}");
