@@ -25,6 +25,8 @@ use std::path::{Path, PathBuf};
 use std::pin::Pin;
 use std::time::{Duration, Instant};
 
+use std::io::Read;
+
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 pub use crate::workdir::WorkDir;
@@ -207,15 +209,6 @@ pub async fn supervise(
     started: Instant,
 ) -> Result<Supervised, RunError> {
     let io_error = |what| move |source| RunError::Io { what, source };
-    let receiver = |fd| {
-        if pipes.nonblocking {
-            pipe::Receiver::from_owned_fd_unchecked(fd)
-        } else {
-            pipe::Receiver::from_owned_fd(fd)
-        }
-    };
-    let mut stdout_rx = receiver(pipes.stdout).map_err(io_error("stdout pipe"))?;
-    let mut stderr_rx = receiver(pipes.stderr).map_err(io_error("stderr pipe"))?;
     let stdin_tx = match pipes.stdin {
         Some(fd) if !stdin.is_empty() => Some(
             if pipes.nonblocking {
@@ -239,8 +232,20 @@ pub async fn supervise(
     let mut killed = false;
     {
         let exit_fut = control.wait_exit();
-        let out_fut = pump(&mut stdout_rx, &mut out, sink.clone(), OutputStream::Stdout);
-        let err_fut = pump(&mut stderr_rx, &mut err, sink, OutputStream::Stderr);
+        let out_fut = pump(
+            pipes.stdout,
+            pipes.nonblocking,
+            &mut out,
+            sink.clone(),
+            OutputStream::Stdout,
+        );
+        let err_fut = pump(
+            pipes.stderr,
+            pipes.nonblocking,
+            &mut err,
+            sink,
+            OutputStream::Stderr,
+        );
         let stdin_fut = feed(stdin_tx, stdin);
         tokio::pin!(exit_fut, out_fut, err_fut, stdin_fut);
         let (mut out_done, mut err_done, mut stdin_done) = (false, false, false);
@@ -261,8 +266,14 @@ pub async fn supervise(
                     killed = true;
                     drain_until = Some(tokio::time::Instant::now() + DRAIN_GRACE);
                 }
-                () = &mut out_fut, if !out_done => out_done = true,
-                () = &mut err_fut, if !err_done => err_done = true,
+                result = &mut out_fut, if !out_done => {
+                    result.map_err(io_error("stdout pipe"))?;
+                    out_done = true;
+                }
+                result = &mut err_fut, if !err_done => {
+                    result.map_err(io_error("stderr pipe"))?;
+                    err_done = true;
+                }
                 () = &mut stdin_fut, if !stdin_done => stdin_done = true,
                 () = tokio::time::sleep_until(wake), if timer_armed => {
                     if drain_until.is_some() {
@@ -288,33 +299,91 @@ pub async fn supervise(
     })
 }
 
+/// Reads one output pipe into `buf` (and `sink`) until its end of file.
 async fn pump(
-    rx: &mut pipe::Receiver,
+    fd: OwnedFd,
+    nonblocking: bool,
     buf: &mut Capped,
     mut sink: Option<mpsc::Sender<OutputChunk>>,
     stream: OutputStream,
-) {
+) -> io::Result<()> {
+    let fd = if nonblocking {
+        match read_ready(fd, buf, &mut sink, stream).await {
+            Some(fd) => fd,
+            None => return Ok(()),
+        }
+    } else {
+        fd
+    };
+    let mut rx = if nonblocking {
+        pipe::Receiver::from_owned_fd_unchecked(fd)?
+    } else {
+        pipe::Receiver::from_owned_fd(fd)?
+    };
     // Most runs of short tools end without filling a pipe, often without writing at all:
     // the read buffer is only allocated once there is something to read, and `read_buf`
     // fills spare capacity, so it is never zeroed.
     let mut chunk = Vec::new();
     loop {
         if rx.readable().await.is_err() {
-            return;
+            return Ok(());
         }
         chunk.clear();
         chunk.reserve(READ_CHUNK);
         match rx.read_buf(&mut chunk).await {
-            Ok(0) | Err(_) => return,
-            Ok(n) => {
-                buf.push(&chunk[..n]);
-                if let Some(tx) = &sink {
-                    let data = chunk[..n].to_vec();
-                    if tx.send(OutputChunk { stream, data }).await.is_err() {
-                        sink = None;
-                    }
-                }
-            }
+            Ok(0) | Err(_) => return Ok(()),
+            Ok(n) => deliver(&chunk[..n], buf, &mut sink, stream).await,
+        }
+    }
+}
+
+/// Reads what a non-blocking pipe already holds, without registering it with the runtime.
+/// Returns the pipe while it is still open, `None` once it is at its end of file.
+///
+/// A short program has often written its output and exited before its supervision starts.
+/// Registering a pipe that is already at its end of file would wake a runtime thread only to
+/// report what one `read` here finds out at once.
+async fn read_ready(
+    fd: OwnedFd,
+    buf: &mut Capped,
+    sink: &mut Option<mpsc::Sender<OutputChunk>>,
+    stream: OutputStream,
+) -> Option<OwnedFd> {
+    let mut pipe = std::fs::File::from(fd);
+    let mut bytes = [0u8; READY_CHUNK];
+    for _ in 0..READY_READS {
+        match pipe.read(&mut bytes) {
+            Ok(0) => return None,
+            Ok(n) => deliver(&bytes[..n], buf, sink, stream).await,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+            // The poller reports the same error, and the pump ends there as it does here.
+            Err(_) => return None,
+        }
+    }
+    Some(OwnedFd::from(pipe))
+}
+
+/// Bytes per read, and most reads, before a pipe is registered with the runtime: together
+/// one default pipe buffer.
+const READY_CHUNK: usize = 4096;
+const READY_READS: usize = 16;
+
+/// Keeps `data` read from `stream` and passes it on to the sink while one listens.
+async fn deliver(
+    data: &[u8],
+    buf: &mut Capped,
+    sink: &mut Option<mpsc::Sender<OutputChunk>>,
+    stream: OutputStream,
+) {
+    buf.push(data);
+    if let Some(tx) = sink {
+        let chunk = OutputChunk {
+            stream,
+            data: data.to_vec(),
+        };
+        if tx.send(chunk).await.is_err() {
+            *sink = None;
         }
     }
 }

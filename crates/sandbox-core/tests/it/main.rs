@@ -4,3 +4,4 @@
 mod ceiling;
 mod manager;
 mod policy;
+mod supervise;

@@ -379,13 +379,7 @@ impl Inner {
         let spawned = spawn::spawn(spec).await?;
         let control = LinuxChild {
             pid: spawned.pid,
-            // SAFETY: the descriptor is owned by the AsyncFd and stays open as long as it.
-            pidfd: Mutex::new(Some(unsafe { AsyncFd::register(spawned.pidfd) }.map_err(
-                |e| RunError::Io {
-                    what: "watching the child",
-                    source: io::Error::from(e),
-                },
-            )?)),
+            pidfd: Mutex::new(Some(spawned.pidfd)),
             cgroup,
             reaped: AtomicBool::new(false),
         };
@@ -445,8 +439,8 @@ impl Sandbox for LinuxSandbox {
 #[derive(Debug)]
 struct LinuxChild {
     pid: libc::pid_t,
-    /// The child's pidfd, watched by the runtime until [`ProcessControl::wait_exit`] takes it.
-    pidfd: Mutex<Option<AsyncFd<OwnedFd>>>,
+    /// The child's pidfd, until [`ProcessControl::wait_exit`] takes it.
+    pidfd: Mutex<Option<OwnedFd>>,
     cgroup: Option<RunCgroup>,
     reaped: AtomicBool,
 }
@@ -511,6 +505,17 @@ impl ProcessControl for LinuxChild {
                 .unwrap_or_else(PoisonError::into_inner)
                 .take()
                 .ok_or_else(|| io::Error::other("the child is already being waited for"))?;
+            // A short program has often exited before its supervision starts; it is reaped at
+            // once, without registering its pidfd with the runtime's poller, which would wake
+            // a runtime thread only to report the exit found here.
+            if self.has_exited()? {
+                drop(pidfd);
+                return self
+                    .try_reap(libc::WNOHANG)?
+                    .ok_or_else(|| io::Error::other("the exited child could not be reaped"));
+            }
+            // SAFETY: the descriptor is owned by the AsyncFd and stays open as long as it.
+            let pidfd = unsafe { AsyncFd::register(pidfd) }.map_err(io::Error::from)?;
             loop {
                 let mut guard = pidfd.readable().await?;
                 if self.has_exited()? {
