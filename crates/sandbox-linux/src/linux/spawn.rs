@@ -529,6 +529,16 @@ fn spawner(setup: ThreadSetup, queue: ThreadLeaves) -> ! {
         libc::sigfillset(&mut all);
         libc::pthread_sigmask(libc::SIG_SETMASK, &all, std::ptr::null_mut());
     }
+    // SCHED_BATCH, which every child inherits. A child's execve wakes this thread, which would
+    // otherwise preempt the child on its CPU to hand the run back, delaying the program it
+    // has just started; without wakeup preemption it hands the run back when that CPU is free,
+    // or from another one. The programs themselves are batch work too: they never preempt the
+    // server's threads when they wake, so a busy sandbox cannot make the server slow to
+    // answer. Refused (a seccomp profile of the host, say), both stay normal.
+    let batch = libc::sched_param { sched_priority: 0 };
+    // SAFETY: sched_setscheduler on pid 0 changes only the calling thread's policy and reads
+    // the parameter struct, which lives across the call.
+    let _ = unsafe { libc::sched_setscheduler(0, libc::SCHED_BATCH, &batch) };
     let ready = prepare_thread(setup);
     loop {
         let job = queue.0.pop();

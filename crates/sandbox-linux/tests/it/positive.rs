@@ -43,6 +43,20 @@ fn python_runs_and_sees_only_the_allow_listed_environment() {
 }
 
 #[test]
+fn the_program_runs_as_batch_work_at_the_normal_priority() {
+    let out = python(
+        policy(PolicySpec::default()),
+        "import os; print(os.sched_getscheduler(0), os.getpriority(os.PRIO_PROCESS, 0))",
+    );
+    assert_eq!(
+        stdout(&out).trim(),
+        format!("{} 0", libc::SCHED_BATCH),
+        "stderr: {}",
+        stderr(&out)
+    );
+}
+
+#[test]
 fn reads_a_granted_file_and_writes_in_the_work_dir() {
     let dir = open_dir();
     let file = dir.path().join("data.txt");
