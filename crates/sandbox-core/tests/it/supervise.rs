@@ -8,7 +8,7 @@ use std::os::fd::OwnedFd;
 use std::pin::Pin;
 use std::time::{Duration, Instant};
 
-use sandbox_core::supervise::{ChildPipes, ExitInfo, ProcessControl, supervise};
+use sandbox_core::supervise::{ChildPipes, ExitInfo, ProcessControl, Supervised, supervise};
 use sandbox_core::{Limits, OutputChunk, OutputStream};
 use tokio::net::unix::pipe;
 use tokio::sync::mpsc;
@@ -47,6 +47,31 @@ fn pattern(len: usize, seed: u8) -> Vec<u8> {
     (0..len).map(|i| (i % 251) as u8 ^ seed).collect()
 }
 
+/// Supervises an exited process whose output comes from the non-blocking read ends `stdout`
+/// and `stderr`, with the default limits.
+async fn supervise_exited(
+    stdout: OwnedFd,
+    stderr: OwnedFd,
+    sink: Option<mpsc::Sender<OutputChunk>>,
+) -> Supervised {
+    let pipes = ChildPipes {
+        stdin: None,
+        stdout,
+        stderr,
+        nonblocking: true,
+    };
+    supervise(
+        &Exited,
+        pipes,
+        Vec::new(),
+        &Limits::default(),
+        sink,
+        Instant::now(),
+    )
+    .await
+    .expect("supervised")
+}
+
 fn streamed(chunks: &[OutputChunk], stream: OutputStream) -> Vec<u8> {
     chunks
         .iter()
@@ -68,22 +93,7 @@ async fn output_left_before_supervision_starts_is_read_whole_and_streamed() {
     drop((stdout_writer, stderr_writer));
 
     let (sink, mut chunks) = mpsc::channel(64);
-    let pipes = ChildPipes {
-        stdin: None,
-        stdout,
-        stderr,
-        nonblocking: true,
-    };
-    let supervised = supervise(
-        &Exited,
-        pipes,
-        Vec::new(),
-        &Limits::default(),
-        Some(sink),
-        Instant::now(),
-    )
-    .await
-    .expect("supervised");
+    let supervised = supervise_exited(stdout, stderr, Some(sink)).await;
 
     assert_eq!(supervised.stdout.bytes, out);
     assert_eq!(supervised.stderr.bytes, err);
@@ -112,22 +122,7 @@ async fn output_that_goes_on_after_supervision_starts_is_read_whole_and_in_order
         stdout_writer.write_all(&out[first..]).expect("second part");
     });
 
-    let pipes = ChildPipes {
-        stdin: None,
-        stdout,
-        stderr,
-        nonblocking: true,
-    };
-    let supervised = supervise(
-        &Exited,
-        pipes,
-        Vec::new(),
-        &Limits::default(),
-        None,
-        Instant::now(),
-    )
-    .await
-    .expect("supervised");
+    let supervised = supervise_exited(stdout, stderr, None).await;
     writer.join().expect("writer");
 
     assert_eq!(supervised.stdout.bytes.len(), expected.len());
