@@ -508,11 +508,8 @@ impl ProcessControl for LinuxChild {
             // A short program has often exited before its supervision starts; it is reaped at
             // once, without registering its pidfd with the runtime's poller, which would wake
             // a runtime thread only to report the exit found here.
-            if self.has_exited()? {
-                drop(pidfd);
-                return self
-                    .try_reap(libc::WNOHANG)?
-                    .ok_or_else(|| io::Error::other("the exited child could not be reaped"));
+            if let Some(exit) = self.try_reap(libc::WNOHANG)? {
+                return Ok(exit);
             }
             // SAFETY: the descriptor is owned by the AsyncFd and stays open as long as it.
             let pidfd = unsafe { AsyncFd::register(pidfd) }.map_err(io::Error::from)?;
