@@ -21,8 +21,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Condvar, Mutex, MutexGuard, OnceLock, PoisonError};
 use std::time::Duration;
 
-/// Fresh directories kept ready per (root, owner).
-const READY: usize = 8;
+/// Fresh directories kept ready per (root, owner). Sixteen, which wakes the janitor every
+/// eighth run, measured faster than eight.
+const READY: usize = 16;
 
 /// The janitor is woken to top up a place once this few of its directories are left ready.
 const LOW_WATER: usize = READY / 2;
