@@ -18,14 +18,12 @@
 
 use std::collections::{BTreeMap, VecDeque};
 use std::future::Future;
-use std::io;
+use std::io::{self, Read};
 use std::os::fd::OwnedFd;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
 use std::time::{Duration, Instant};
-
-use std::io::Read;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
