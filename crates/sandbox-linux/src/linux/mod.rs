@@ -9,11 +9,11 @@ pub(crate) mod work_fs;
 use std::collections::BTreeMap;
 use std::future::Future;
 use std::io;
-use std::os::fd::OwnedFd;
+use std::os::fd::{FromRawFd, OwnedFd, RawFd};
 use std::path::PathBuf;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, OnceLock, PoisonError};
+use std::sync::{Arc, OnceLock};
 use std::time::Instant;
 
 use sandbox_core::supervise::{
@@ -379,7 +379,7 @@ impl Inner {
         let spawned = spawn::spawn(spec).await?;
         let control = LinuxChild {
             pid: spawned.pid,
-            pidfd: Mutex::new(Some(spawned.pidfd)),
+            waited: AtomicBool::new(false),
             cgroup,
             reaped: AtomicBool::new(false),
         };
@@ -439,8 +439,8 @@ impl Sandbox for LinuxSandbox {
 #[derive(Debug)]
 struct LinuxChild {
     pid: libc::pid_t,
-    /// The child's pidfd, until [`ProcessControl::wait_exit`] takes it.
-    pidfd: Mutex<Option<OwnedFd>>,
+    /// Set by the one [`ProcessControl::wait_exit`] a child gets.
+    waited: AtomicBool,
     cgroup: Option<RunCgroup>,
     reaped: AtomicBool,
 }
@@ -466,6 +466,19 @@ impl LinuxChild {
         }
         // SAFETY: waitid filled info; si_pid is 0 when no child has changed state.
         Ok(unsafe { info.si_pid() } != 0)
+    }
+
+    /// A pidfd for the child, to wait for its exit in the runtime's poller. The child is not
+    /// reaped yet and only this handle reaps it, so the pid still names it.
+    fn open_pidfd(&self) -> io::Result<OwnedFd> {
+        // SAFETY: pidfd_open takes a pid and flags and returns a new descriptor or -1.
+        let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, self.pid, 0u32) };
+        if fd < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        let fd = RawFd::try_from(fd).map_err(io::Error::other)?;
+        // SAFETY: pidfd_open returned a fresh close-on-exec descriptor that nobody else owns.
+        Ok(unsafe { OwnedFd::from_raw_fd(fd) })
     }
 
     /// Reaps the child if it has exited; `None` if it is still running.
@@ -499,18 +512,16 @@ impl LinuxChild {
 impl ProcessControl for LinuxChild {
     fn wait_exit(&self) -> Pin<Box<dyn Future<Output = io::Result<ExitInfo>> + Send + '_>> {
         Box::pin(async move {
-            let pidfd = self
-                .pidfd
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .take()
-                .ok_or_else(|| io::Error::other("the child is already being waited for"))?;
+            if self.waited.swap(true, Ordering::SeqCst) {
+                return Err(io::Error::other("the child is already being waited for"));
+            }
             // A short program has often exited before its supervision starts; it is reaped at
-            // once, without registering its pidfd with the runtime's poller, which would wake
-            // a runtime thread only to report the exit found here.
+            // once, without a pidfd or the runtime's poller, which would wake a runtime thread
+            // only to report the exit found here.
             if let Some(exit) = self.try_reap(libc::WNOHANG)? {
                 return Ok(exit);
             }
+            let pidfd = self.open_pidfd()?;
             // SAFETY: the descriptor is owned by the AsyncFd and stays open as long as it.
             let pidfd = unsafe { AsyncFd::register(pidfd) }.map_err(io::Error::from)?;
             loop {
@@ -529,8 +540,12 @@ impl ProcessControl for LinuxChild {
     }
 
     fn kill_tree(&self) {
-        if let Some(cgroup) = &self.cgroup {
-            cgroup.kill_all();
+        // Every process of the run is born in its cgroup, so once the cgroup is empty there is
+        // nothing left to signal.
+        if let Some(cgroup) = &self.cgroup
+            && cgroup.kill_all()
+        {
+            return;
         }
         // SAFETY: kill has no memory effects. The process group id is the child's pid
         // (setpgid(0, 0) in the child); it cannot be reused while a member is alive.

@@ -13,8 +13,10 @@
 //! `_exit`) releases it. The child therefore never writes to memory the parent uses, except
 //! `errno`, which the suspended thread does not read. All signals are blocked across the
 //! `clone` and every disposition is reset to the default in the child before it unblocks
-//! them, so no handler of the server ever runs on the shared memory. `CLONE_PIDFD` returns the
-//! descriptor the supervisor polls, with no window in which the pid could be reused.
+//! them, so no handler of the server ever runs on the shared memory. No pidfd is made here:
+//! a short program has usually exited by the time its supervision starts and is reaped at
+//! once, so the supervisor opens one (`pidfd_open`) only for a child still running. The child
+//! stays unreaped until the supervisor reaps it, so its pid cannot be reused in between.
 //!
 //! Why spawner threads: installing a seccomp filter costs the kernel a copy, a check, a
 //! translation and a JIT compilation of the program, per process, and dropping the
@@ -112,7 +114,6 @@ pub(crate) struct SpawnSpec<'a> {
 #[derive(Debug)]
 pub(crate) struct Spawned {
     pub(crate) pid: libc::pid_t,
-    pub(crate) pidfd: OwnedFd,
     pub(crate) pipes: ChildPipes,
 }
 
@@ -630,7 +631,6 @@ fn clone_child(plan: ChildPlan, parent: ParentEnds, program: PathBuf) -> Result<
             Ok::<_, RunError>(top)
         }
     })?;
-    let mut pidfd: libc::c_int = -1;
     // SAFETY: the child runs `child_main` on this thread's dedicated child stack and only
     // performs async-signal-safe system calls on `plan`, which outlives the call because
     // CLONE_VFORK suspends this thread until the child has called execve or _exit.
@@ -638,9 +638,8 @@ fn clone_child(plan: ChildPlan, parent: ParentEnds, program: PathBuf) -> Result<
         libc::clone(
             child_main,
             stack,
-            libc::CLONE_VM | libc::CLONE_VFORK | libc::CLONE_PIDFD | libc::SIGCHLD,
+            libc::CLONE_VM | libc::CLONE_VFORK | libc::SIGCHLD,
             std::ptr::from_ref(&plan).cast_mut().cast(),
-            &raw mut pidfd,
         )
     };
     let clone_error = io::Error::last_os_error();
@@ -650,9 +649,6 @@ fn clone_child(plan: ChildPlan, parent: ParentEnds, program: PathBuf) -> Result<
             source: clone_error,
         });
     }
-    // SAFETY: CLONE_PIDFD stored a fresh close-on-exec descriptor that nobody else owns.
-    let pidfd = unsafe { OwnedFd::from_raw_fd(pidfd) };
-
     // CLONE_VFORK resumed this thread after the child's execve passed the point of no return
     // or after its _exit, so whatever it stored is there to read.
     let failure = plan.failure.load(Ordering::Acquire);
@@ -680,7 +676,6 @@ fn clone_child(plan: ChildPlan, parent: ParentEnds, program: PathBuf) -> Result<
 
     Ok(Spawned {
         pid,
-        pidfd,
         pipes: ChildPipes {
             stdin: parent.stdin,
             stdout: parent.stdout,
