@@ -51,6 +51,10 @@ struct ControlFiles {
     current: File,
     /// `pids.events`, for reading.
     events: File,
+    /// The refused forks counted once the last run's processes were all gone (`u64::MAX`:
+    /// not known). Nothing can fork in an empty cgroup, so the next run starts from there
+    /// without reading the file again.
+    refused_when_emptied: AtomicU64,
 }
 
 impl ControlFiles {
@@ -60,6 +64,7 @@ impl ControlFiles {
             max_written: AtomicU64::new(u64::MAX),
             current: File::open(dir.join("pids.current"))?,
             events: File::open(dir.join("pids.events"))?,
+            refused_when_emptied: AtomicU64::new(u64::MAX),
         })
     }
 
@@ -162,7 +167,14 @@ impl CgroupRoot {
     pub(crate) fn create_run(&self, max_processes: u64) -> io::Result<RunCgroup> {
         let idle = self.pool.lock().unwrap_or_else(|e| e.into_inner()).pop();
         if let Some(idle) = idle {
-            let refused_before = idle.files.refused_forks();
+            let refused_before = match idle
+                .files
+                .refused_when_emptied
+                .swap(u64::MAX, Ordering::Relaxed)
+            {
+                u64::MAX => idle.files.refused_forks(),
+                known => known,
+            };
             let cgroup = RunCgroup {
                 dir: idle.dir,
                 procs: Some(idle.procs),
@@ -303,10 +315,14 @@ impl RunCgroup {
 
     /// How many forks `pids.max` refused during this run.
     pub(crate) fn limit_hits(&self) -> u64 {
-        self.files
-            .as_ref()
-            .map_or(0, ControlFiles::refused_forks)
-            .saturating_sub(self.refused_before)
+        let Some(files) = self.files.as_ref() else {
+            return 0;
+        };
+        let refused = files.refused_forks();
+        if self.emptied.load(Ordering::Relaxed) {
+            files.refused_when_emptied.store(refused, Ordering::Relaxed);
+        }
+        refused.saturating_sub(self.refused_before)
     }
 }
 
