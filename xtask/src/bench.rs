@@ -117,6 +117,18 @@ impl BenchServer {
     pub(crate) fn certs(&self) -> PathBuf {
         self.dir.path().join("certs")
     }
+
+    /// CPU time the server's threads have run so far, from each thread's `schedstat`
+    /// (nanoseconds); `None` where `/proc` does not have it.
+    pub(crate) fn cpu_ns(&self) -> Option<u64> {
+        let tasks = std::fs::read_dir(format!("/proc/{}/task", self.child.id())).ok()?;
+        let mut total = 0u64;
+        for task in tasks {
+            let schedstat = std::fs::read_to_string(task.ok()?.path().join("schedstat")).ok()?;
+            total += schedstat.split_whitespace().next()?.parse::<u64>().ok()?;
+        }
+        Some(total)
+    }
 }
 
 impl Drop for BenchServer {

@@ -19,8 +19,9 @@ const RECORDS: &str = "100000";
 const APPENDERS: &str = "64";
 const APPEND_ROUNDS: usize = 3;
 
-/// Calls in flight during the unary rounds.
+/// Calls in flight during the unary rounds, and how long each round lasts.
 const CONCURRENCY: &str = "64";
+const LOAD_SECONDS: &str = "3";
 
 pub(super) fn run(root: &Path) -> Result<()> {
     let mut appends = Vec::new();
@@ -36,6 +37,7 @@ pub(super) fn run(root: &Path) -> Result<()> {
         BenchServer::start(&release, &format!("{ops}[audit]\nenabled = false\n"))?,
     ];
     let mut rates: [Vec<f64>; 3] = Default::default();
+    let mut cpu_per_call: [Vec<f64>; 3] = Default::default();
     for round in 0..ROUNDS {
         let measure = |server: &BenchServer| -> Result<f64> {
             let certs = server.certs();
@@ -49,20 +51,27 @@ pub(super) fn run(root: &Path) -> Result<()> {
                     "--certs",
                     certs,
                     "--seconds",
-                    "3",
+                    LOAD_SECONDS,
                     "--concurrency",
                     CONCURRENCY,
                 ],
             )
         };
         for index in rotation(round, servers.len()) {
-            rates[index].push(measure(&servers[index])?);
+            let before = servers[index].cpu_ns();
+            let rate = measure(&servers[index])?;
+            rates[index].push(rate);
+            if let (Some(before), Some(after)) = (before, servers[index].cpu_ns()) {
+                let calls = rate * LOAD_SECONDS.parse::<f64>()?;
+                cpu_per_call[index].push(after.saturating_sub(before) as f64 / 1000.0 / calls);
+            }
         }
     }
     let recorded = audit_records(&release, &servers[0])?;
     drop(servers);
 
     let [process_crash, full, without_audit] = rates.map(median);
+
     println!(
         "\nbench audit (appends: {APPEND_ROUNDS} rounds; unary: {ROUNDS} rounds, {CONCURRENCY} calls in flight; medians)"
     );
@@ -90,6 +99,17 @@ pub(super) fn run(root: &Path) -> Result<()> {
         (1.0 - process_crash / without_audit) * 100.0,
         (1.0 - full / without_audit) * 100.0
     );
+    // The rate depends on the machine and on the load generator sharing its CPUs; the server's
+    // own CPU time per call says what the layer costs wherever it runs.
+    if cpu_per_call.iter().all(|values| values.len() == ROUNDS) {
+        let [cpu_process_crash, cpu_full, cpu_without] = cpu_per_call.map(median);
+        println!(
+            "server CPU per call: {cpu_without:.1} us without the audit layer, \
+             {cpu_process_crash:.1} us with process_crash (+{:.1} us), {cpu_full:.1} us with full (+{:.1} us)",
+            cpu_process_crash - cpu_without,
+            cpu_full - cpu_without
+        );
+    }
     Ok(())
 }
 
