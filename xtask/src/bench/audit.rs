@@ -21,7 +21,7 @@ const APPEND_ROUNDS: usize = 3;
 
 /// Calls in flight during the unary rounds, and how long each round lasts.
 const CONCURRENCY: &str = "64";
-const LOAD_SECONDS: &str = "3";
+const LOAD_SECONDS: u32 = 3;
 
 pub(super) fn run(root: &Path) -> Result<()> {
     let mut appends = Vec::new();
@@ -38,6 +38,7 @@ pub(super) fn run(root: &Path) -> Result<()> {
     ];
     let mut rates: [Vec<f64>; 3] = Default::default();
     let mut cpu_per_call: [Vec<f64>; 3] = Default::default();
+    let seconds = LOAD_SECONDS.to_string();
     for round in 0..ROUNDS {
         let measure = |server: &BenchServer| -> Result<f64> {
             let certs = server.certs();
@@ -51,7 +52,7 @@ pub(super) fn run(root: &Path) -> Result<()> {
                     "--certs",
                     certs,
                     "--seconds",
-                    LOAD_SECONDS,
+                    &seconds,
                     "--concurrency",
                     CONCURRENCY,
                 ],
@@ -62,7 +63,7 @@ pub(super) fn run(root: &Path) -> Result<()> {
             let rate = measure(&servers[index])?;
             rates[index].push(rate);
             if let (Some(before), Some(after)) = (before, servers[index].cpu_ns()) {
-                let calls = rate * LOAD_SECONDS.parse::<f64>()?;
+                let calls = rate * f64::from(LOAD_SECONDS);
                 cpu_per_call[index].push(after.saturating_sub(before) as f64 / 1000.0 / calls);
             }
         }
@@ -71,7 +72,6 @@ pub(super) fn run(root: &Path) -> Result<()> {
     drop(servers);
 
     let [process_crash, full, without_audit] = rates.map(median);
-
     println!(
         "\nbench audit (appends: {APPEND_ROUNDS} rounds; unary: {ROUNDS} rounds, {CONCURRENCY} calls in flight; medians)"
     );
