@@ -305,15 +305,10 @@ async fn pump(
     mut sink: Option<mpsc::Sender<OutputChunk>>,
     stream: OutputStream,
 ) -> io::Result<()> {
-    let fd = if nonblocking {
-        match read_ready(fd, buf, &mut sink, stream).await {
-            Some(fd) => fd,
-            None => return Ok(()),
-        }
-    } else {
-        fd
-    };
     let mut rx = if nonblocking {
+        let Some(fd) = read_ready(fd, buf, &mut sink, stream).await else {
+            return Ok(());
+        };
         pipe::Receiver::from_owned_fd_unchecked(fd)?
     } else {
         pipe::Receiver::from_owned_fd(fd)?
