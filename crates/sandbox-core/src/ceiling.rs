@@ -116,6 +116,11 @@ impl Ceiling {
     }
 
     /// Checks one path the child would be granted (`field` names it in the error).
+    ///
+    /// This checks names, and a name can change before a backend opens it (a directory
+    /// swapped for a symlink). A backend whose rules attach to what it opened, rather than
+    /// to a name resolved at each access, must therefore also check the opened object's own
+    /// path with [`Ceiling::check_opened`].
     pub fn check_grant(
         &self,
         field: &'static str,
@@ -123,33 +128,59 @@ impl Ceiling {
         write: bool,
     ) -> Result<(), PolicyError> {
         let canonical = std::fs::canonicalize(path).ok();
-        let forms = std::iter::once(path).chain(canonical.as_deref());
-        for form in forms {
-            if self.overlaps_forbidden(form) {
-                return Err(PolicyError::Forbidden {
-                    field,
-                    path: path.display().to_string(),
-                });
-            }
-            let roots = if write {
-                &self.write_roots[..]
+        for form in std::iter::once(path).chain(canonical.as_deref()) {
+            self.check_form(field, path, form, write)?;
+        }
+        Ok(())
+    }
+
+    /// Checks what a backend actually opened for a grant of `requested`: `opened` is the
+    /// kernel's own path of the opened object (on Linux, the target of
+    /// `/proc/self/fd/<fd>`), so no symlink or rename between [`Ceiling::check_grant`] and
+    /// the open can widen the grant. Errors name `requested`, the path the client gave.
+    pub fn check_opened(
+        &self,
+        field: &'static str,
+        requested: &Path,
+        opened: &Path,
+        write: bool,
+    ) -> Result<(), PolicyError> {
+        self.check_form(field, requested, opened, write)
+    }
+
+    /// Checks one spelling `form` of the granted path `shown` against the forbidden paths and
+    /// the roots.
+    fn check_form(
+        &self,
+        field: &'static str,
+        shown: &Path,
+        form: &Path,
+        write: bool,
+    ) -> Result<(), PolicyError> {
+        if self.overlaps_forbidden(form) {
+            return Err(PolicyError::Forbidden {
+                field,
+                path: shown.display().to_string(),
+            });
+        }
+        let roots = if write {
+            &self.write_roots[..]
+        } else {
+            &self.read_roots[..]
+        };
+        let inside = roots
+            .iter()
+            .chain(if write {
+                [].iter()
             } else {
-                &self.read_roots[..]
-            };
-            let inside = roots
-                .iter()
-                .chain(if write {
-                    [].iter()
-                } else {
-                    self.write_roots.iter()
-                })
-                .any(|root| form.starts_with(root));
-            if !inside {
-                return Err(PolicyError::OutsideCeiling {
-                    field,
-                    path: path.display().to_string(),
-                });
-            }
+                self.write_roots.iter()
+            })
+            .any(|root| form.starts_with(root));
+        if !inside {
+            return Err(PolicyError::OutsideCeiling {
+                field,
+                path: shown.display().to_string(),
+            });
         }
         Ok(())
     }

@@ -45,7 +45,7 @@ pub enum ManagerError {
 #[derive(Debug, Clone)]
 pub struct Manager {
     backend: Arc<dyn Sandbox>,
-    ceiling: Ceiling,
+    ceiling: Arc<Ceiling>,
     permits: Arc<Semaphore>,
     max_concurrent_runs: usize,
 }
@@ -109,7 +109,7 @@ impl Manager {
         );
         Ok(Manager {
             backend,
-            ceiling: config.ceiling,
+            ceiling: Arc::new(config.ceiling),
             permits: Arc::new(Semaphore::new(config.max_concurrent_runs)),
             max_concurrent_runs: config.max_concurrent_runs,
         })
@@ -163,7 +163,7 @@ impl Manager {
             .map_err(|_| RunError::Busy {
                 limit: self.max_concurrent_runs,
             })?;
-        let run = self.backend.run(request, options);
+        let run = self.backend.run(request, options, &self.ceiling);
         Ok(Box::pin(async move {
             let outcome = run.await;
             drop(permit);

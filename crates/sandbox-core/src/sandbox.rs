@@ -5,9 +5,11 @@ use std::future::Future;
 use std::path::PathBuf;
 use std::pin::Pin;
 use std::str::FromStr;
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
+use crate::ceiling::Ceiling;
 use crate::policy::PolicyError;
 use crate::report::Capabilities;
 use crate::run::{RunOptions, RunOutcome, RunRequest};
@@ -151,7 +153,9 @@ pub trait Sandbox: Send + Sync + fmt::Debug {
     /// manager can check it against the ceiling's forbidden paths.
     fn system_read_paths(&self) -> Vec<PathBuf>;
 
-    /// Starts a run. The policy has already been checked against the ceiling by the
-    /// [`Manager`](crate::Manager).
-    fn run(&self, request: RunRequest, options: RunOptions) -> RunFuture;
+    /// Starts a run. The policy and `cwd` have already been checked against `ceiling` by the
+    /// [`Manager`](crate::Manager), by name. A backend whose rules attach to the objects it
+    /// opens checks each opened grant again with [`Ceiling::check_opened`], because a name
+    /// can change between that check and the open.
+    fn run(&self, request: RunRequest, options: RunOptions, ceiling: &Arc<Ceiling>) -> RunFuture;
 }

@@ -30,8 +30,8 @@ use sandbox_core::supervise::{
     ChildPipes, ExitInfo, ProcessControl, WorkDir, child_environment, resolve_program, supervise,
 };
 use sandbox_core::{
-    Capabilities, Containment, EnforcementReport, LandlockStatus, Limits, RunError, RunFuture,
-    RunOptions, RunOutcome, RunRequest, Sandbox, Technology,
+    Capabilities, Ceiling, Containment, EnforcementReport, LandlockStatus, Limits, RunError,
+    RunFuture, RunOptions, RunOutcome, RunRequest, Sandbox, Technology,
 };
 use tokio::sync::oneshot;
 
@@ -562,7 +562,10 @@ impl Sandbox for DarwinSandbox {
             .collect()
     }
 
-    fn run(&self, request: RunRequest, options: RunOptions) -> RunFuture {
+    /// The ceiling is not checked again here: SBPL rules name paths, and the kernel matches
+    /// them against the resolved path of each access, so a symlink swapped in after the
+    /// manager's check cannot widen what a rule grants.
+    fn run(&self, request: RunRequest, options: RunOptions, _ceiling: &Arc<Ceiling>) -> RunFuture {
         Box::pin(Arc::clone(&self.inner).run(request, options))
     }
 }

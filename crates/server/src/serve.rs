@@ -39,6 +39,7 @@ pub(crate) async fn run(config: Config, work_fs: WorkFsOutcome) -> Result<()> {
     crate::tls_watch::spawn(&tls_files, tls.clone());
     // The audit log is open and the metrics recorder installed before the
     // first connection, so nothing goes unrecorded or uncounted.
+    private_dir(&::audit::audit_dir(&config.data_dir))?;
     let audit_log = config.audit.open(&config.data_dir)?;
     let ops_addr = match config.ops.enabled {
         true => Some(crate::ops::start(&config.ops, audit_log.clone()).await?),
@@ -294,6 +295,31 @@ fn reflection(
             .build_v1alpha()
             .context("building reflection v1alpha")?,
     ))
+}
+
+/// Creates `dir` (and its missing parents) and makes it private to the
+/// server's uid: mode 0700, also when it already existed with a wider mode.
+/// The data directory itself stays searchable by others so that the run uid
+/// can reach its work directory beneath it, and the files SQLite creates are
+/// readable by others under the usual umask: without this, a run under a
+/// backend without Landlock could read the audit log or the CA inventory by
+/// name.
+pub(crate) fn private_dir(dir: &Path) -> Result<()> {
+    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .with_context(|| format!("cannot create directory {}", dir.display()))?;
+    let mode = std::fs::metadata(dir)
+        .with_context(|| format!("cannot inspect {}", dir.display()))?
+        .permissions()
+        .mode();
+    if mode & 0o077 != 0 {
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(mode & 0o700))
+            .with_context(|| format!("cannot make {} private", dir.display()))?;
+    }
+    Ok(())
 }
 
 /// Creates the development CA, server certificate and `admin` client

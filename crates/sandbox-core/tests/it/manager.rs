@@ -30,7 +30,12 @@ impl Sandbox for Fake {
     fn system_read_paths(&self) -> Vec<PathBuf> {
         vec![PathBuf::from("/usr")]
     }
-    fn run(&self, _request: RunRequest, _options: RunOptions) -> RunFuture {
+    fn run(
+        &self,
+        _request: RunRequest,
+        _options: RunOptions,
+        _ceiling: &Arc<Ceiling>,
+    ) -> RunFuture {
         Box::pin(async { Ok(RunOutcome::default()) })
     }
 }

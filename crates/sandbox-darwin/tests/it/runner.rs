@@ -83,13 +83,19 @@ fn sh(script: &str) -> Vec<String> {
     vec!["sh".into(), "-c".into(), script.into()]
 }
 
+/// The ceiling for runs that call the backend directly; the manager's own checks are tested
+/// in sandbox-core.
+fn unrestricted() -> Arc<Ceiling> {
+    Arc::new(Ceiling::unrestricted())
+}
+
 fn request(argv: Vec<String>, spec: PolicySpec) -> RunRequest {
     RunRequest::new(argv, policy(spec)).expect("valid request")
 }
 
 async fn run(backend: &Arc<dyn Sandbox>, request: RunRequest) -> RunOutcome {
     backend
-        .run(request, RunOptions::default())
+        .run(request, RunOptions::default(), &unrestricted())
         .await
         .expect("run succeeds")
 }
@@ -259,6 +265,7 @@ async fn dropping_the_run_kills_it() {
     let future = f.seatbelt().run(
         request(sh(&script), PolicySpec::default()),
         RunOptions::default(),
+        &unrestricted(),
     );
     let cancelled = tokio::time::timeout(Duration::from_millis(700), future).await;
     assert!(cancelled.is_err(), "the run was still going");
@@ -350,7 +357,11 @@ async fn errors_are_typed() {
     };
     let err = f
         .seatbelt()
-        .run(request(vec!["true".into()], spec), RunOptions::default())
+        .run(
+            request(vec!["true".into()], spec),
+            RunOptions::default(),
+            &unrestricted(),
+        )
         .await
         .expect_err("missing granted path");
     assert!(
@@ -363,6 +374,7 @@ async fn errors_are_typed() {
         .run(
             request(vec!["no-such-program-xyz".into()], PolicySpec::default()),
             RunOptions::default(),
+            &unrestricted(),
         )
         .await
         .expect_err("unknown program");

@@ -14,7 +14,7 @@
 //! the next refresh: staleness can only narrow the grant.
 
 use std::fs::{File, OpenOptions};
-use std::os::fd::OwnedFd;
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, OnceLock};
@@ -24,7 +24,7 @@ use landlock::{
     ABI, Access, AccessFs, AccessNet, BitFlags, CompatLevel, Compatible, NetPort, PathBeneath,
     Ruleset, RulesetAttr, RulesetCreated, RulesetCreatedAttr, Scope,
 };
-use sandbox_core::{LandlockStatus, NetworkPolicy, Policy, RunError};
+use sandbox_core::{Ceiling, LandlockStatus, NetworkPolicy, Policy, RunError};
 
 use crate::profile;
 
@@ -83,11 +83,17 @@ struct SystemGrants {
     grants: Vec<Grant>,
 }
 
-/// Opens `path` with `O_PATH` for a rule granting `access` (file rights only for a file).
-fn open_grant(path: &Path, access: BitFlags<AccessFs>, abi: ABI) -> std::io::Result<Grant> {
+/// Opens `path` with `O_PATH` and `flags` for a rule granting `access` (file rights only for
+/// a file).
+fn open_grant(
+    path: &Path,
+    access: BitFlags<AccessFs>,
+    abi: ABI,
+    flags: libc::c_int,
+) -> std::io::Result<Grant> {
     let file = OpenOptions::new()
         .read(true)
-        .custom_flags(libc::O_PATH | libc::O_CLOEXEC)
+        .custom_flags(libc::O_PATH | libc::O_CLOEXEC | flags)
         .open(path)?;
     let access = if file.metadata()?.is_dir() {
         access
@@ -125,7 +131,7 @@ fn system_grants(kernel_abi: u32) -> Arc<SystemGrants> {
         })
         .collect();
     let grants = without_covered(&wanted)
-        .filter_map(|(path, access)| open_grant(path, access, abi).ok())
+        .filter_map(|(path, access)| open_grant(path, access, abi, 0).ok())
         .collect();
     let fresh = Arc::new(SystemGrants {
         opened: Instant::now(),
@@ -291,8 +297,35 @@ fn fill(kernel_abi: u32) {
     }
 }
 
+/// The error of a granted path that cannot be opened.
+fn unavailable(path: &Path) -> impl FnOnce(std::io::Error) -> RunError + '_ {
+    |source| RunError::PathUnavailable {
+        path: path.to_owned(),
+        source,
+    }
+}
+
+/// The run's working directory, as [`build`] grants it.
+pub(crate) enum WorkGrant<'a> {
+    /// A fresh directory the server made for this run under its work root.
+    Fresh(&'a Path),
+    /// The `cwd` the client asked for, which the ceiling must admit.
+    Requested(&'a Path),
+}
+
 /// Builds the ruleset for `policy` plus the run's work directory.
-pub(crate) fn build(policy: &Policy, work_dir: &Path, kernel_abi: u32) -> Result<Built, RunError> {
+///
+/// Every path the client named is opened here, once, and the path of what was opened (not
+/// the name the client gave) is checked against `ceiling`: a rule attaches to the opened
+/// inode, so a directory swapped for a symlink after the manager checked the name is refused
+/// instead of granting the symlink's target. The fresh work directory is opened without
+/// following a symlink, for the same reason.
+pub(crate) fn build(
+    policy: &Policy,
+    work: WorkGrant<'_>,
+    ceiling: &Ceiling,
+    kernel_abi: u32,
+) -> Result<Built, RunError> {
     let abi = abi_of(kernel_abi);
     let read = AccessFs::from_read(abi);
     let all = AccessFs::from_all(abi);
@@ -300,20 +333,29 @@ pub(crate) fn build(policy: &Policy, work_dir: &Path, kernel_abi: u32) -> Result
     let ipc_scoping = kernel_abi >= ABI_SCOPE;
 
     // Open the requested paths first: a missing one fails the run before any ruleset exists.
-    let requested = |path: &Path, access| {
-        open_grant(path, access, abi).map_err(|source| RunError::PathUnavailable {
-            path: path.to_owned(),
-            source,
-        })
+    let requested = |field: &'static str, path: &Path, access, write: bool| {
+        let grant = open_grant(path, access, abi, 0).map_err(unavailable(path))?;
+        let opened = std::fs::read_link(format!("/proc/self/fd/{}", grant.0.as_raw_fd())).map_err(
+            |source| RunError::Io {
+                what: "reading the path of an opened grant from /proc/self/fd",
+                source,
+            },
+        )?;
+        ceiling.check_opened(field, path, &opened, write)?;
+        Ok::<_, RunError>(grant)
     };
     let mut grants = Vec::new();
     for p in policy.read_paths() {
-        grants.push(requested(p, read)?);
+        grants.push(requested("read_paths", p, read, false)?);
     }
     for p in policy.write_paths() {
-        grants.push(requested(p, all)?);
+        grants.push(requested("write_paths", p, all, true)?);
     }
-    grants.push(requested(work_dir, all)?);
+    grants.push(match work {
+        WorkGrant::Requested(cwd) => requested("cwd", cwd, all, true)?,
+        WorkGrant::Fresh(dir) => open_grant(dir, all, abi, libc::O_NOFOLLOW | libc::O_DIRECTORY)
+            .map_err(unavailable(dir))?,
+    });
     let mut created = if policy.system_paths() {
         match take_prepared(kernel_abi) {
             Some(prepared) => prepared,

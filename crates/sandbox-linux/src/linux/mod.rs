@@ -20,7 +20,7 @@ use sandbox_core::supervise::{
     ExitInfo, ProcessControl, WorkDir, child_environment, resolve_program, supervise,
 };
 use sandbox_core::{
-    Capabilities, Containment, EnforcementReport, LandlockStatus, NetworkPolicy, RunError,
+    Capabilities, Ceiling, Containment, EnforcementReport, LandlockStatus, NetworkPolicy, RunError,
     RunFuture, RunOptions, RunOutcome, RunRequest, Sandbox, Technology,
 };
 use tokio::io::unix::AsyncFd;
@@ -278,6 +278,7 @@ impl Inner {
         self: Arc<Self>,
         request: RunRequest,
         options: RunOptions,
+        ceiling: Arc<Ceiling>,
     ) -> Result<RunOutcome, RunError> {
         let policy = request.policy();
         let limits = *policy.limits();
@@ -297,9 +298,14 @@ impl Inner {
         let program = resolve_program(&request.argv()[0], work.path())?;
         let env = child_environment(request.env(), work.path());
         let ruleset = if self.layers.landlock {
+            let grant = match request.cwd() {
+                Some(cwd) => landlock::WorkGrant::Requested(cwd),
+                None => landlock::WorkGrant::Fresh(work.path()),
+            };
             Some(landlock::build(
                 policy,
-                work.path(),
+                grant,
+                &ceiling,
                 self.host.landlock_abi,
             )?)
         } else {
@@ -430,8 +436,8 @@ impl Sandbox for LinuxSandbox {
             .collect()
     }
 
-    fn run(&self, request: RunRequest, options: RunOptions) -> RunFuture {
-        Box::pin(Arc::clone(&self.inner).run(request, options))
+    fn run(&self, request: RunRequest, options: RunOptions, ceiling: &Arc<Ceiling>) -> RunFuture {
+        Box::pin(Arc::clone(&self.inner).run(request, options, Arc::clone(ceiling)))
     }
 }
 

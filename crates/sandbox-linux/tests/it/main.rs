@@ -15,7 +15,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use sandbox_core::{
-    Policy, PolicySpec, RunError, RunOptions, RunOutcome, RunRequest, Sandbox, Technology,
+    Ceiling, Policy, PolicySpec, RunError, RunOptions, RunOutcome, RunRequest, Sandbox, Technology,
 };
 use sandbox_linux::LinuxConfig;
 
@@ -59,13 +59,19 @@ pub fn policy(spec: PolicySpec) -> Policy {
     Policy::new(&spec).expect("valid policy")
 }
 
+/// The ceiling for runs that call a backend directly: the tests that exercise a ceiling go
+/// through a [`sandbox_core::Manager`].
+pub fn unrestricted() -> Arc<Ceiling> {
+    Arc::new(Ceiling::unrestricted())
+}
+
 /// Runs `request` and returns what the run itself returned, success or error.
 pub fn try_run_on(sandbox: &Arc<dyn Sandbox>, request: RunRequest) -> Result<RunOutcome, RunError> {
     tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .expect("runtime")
-        .block_on(sandbox.run(request, RunOptions::default()))
+        .block_on(sandbox.run(request, RunOptions::default(), &unrestricted()))
 }
 
 pub fn run_on(sandbox: &Arc<dyn Sandbox>, request: RunRequest) -> RunOutcome {

@@ -1,5 +1,7 @@
 //! Backend selection, gating and reporting through the manager.
 
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::PermissionsExt;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -167,6 +169,110 @@ fn the_ceiling_is_enforced_at_run_time() {
     ));
 }
 
+/// A granted directory that is swapped for a symlink to a forbidden directory between the
+/// manager's check of its name and the backend's open must not put the symlink's target in
+/// the ruleset: the backend checks what it opened. A thread keeps exchanging the directory
+/// with the symlink while runs granted the directory try to read a secret beneath the
+/// target.
+#[test]
+fn a_grant_swapped_for_a_symlink_after_the_check_grants_nothing_outside() {
+    let root = open_dir();
+    let secret_dir = open_dir();
+    let secret = secret_dir.path().join("secret.txt");
+    std::fs::write(&secret, "TOPSECRET").unwrap();
+    std::fs::set_permissions(&secret, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let granted = root.path().join("granted");
+    let decoy = root.path().join("decoy");
+    std::fs::create_dir(&granted).unwrap();
+    std::fs::set_permissions(&granted, std::fs::Permissions::from_mode(0o777)).unwrap();
+    std::os::unix::fs::symlink(secret_dir.path(), &decoy).unwrap();
+    let root_text = root.path().display().to_string();
+    let ceiling = Ceiling::new(CeilingConfig {
+        read_roots: vec![root_text.clone()],
+        write_roots: vec![root_text],
+        forbidden: vec![secret_dir.path().display().to_string()],
+        max: Limits::MAX,
+        defaults: Limits::default(),
+    })
+    .unwrap();
+    let manager = sandbox_linux::manager(
+        &LinuxConfig::default(),
+        ManagerConfig {
+            technology: Technology::Auto,
+            ceiling,
+            max_concurrent_runs: 4,
+        },
+    )
+    .unwrap();
+
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let swapper = {
+        let stop = Arc::clone(&stop);
+        let from = std::ffi::CString::new(granted.as_os_str().as_bytes()).unwrap();
+        let to = std::ffi::CString::new(decoy.as_os_str().as_bytes()).unwrap();
+        std::thread::spawn(move || {
+            let mut swaps = 0u64;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                // SAFETY: both paths are valid NUL-terminated strings that outlive the call.
+                let status = unsafe {
+                    libc::renameat2(
+                        libc::AT_FDCWD,
+                        from.as_ptr(),
+                        libc::AT_FDCWD,
+                        to.as_ptr(),
+                        libc::RENAME_EXCHANGE,
+                    )
+                };
+                assert_eq!(status, 0, "{}", std::io::Error::last_os_error());
+                swaps += 1;
+            }
+            swaps
+        })
+    };
+    let spec = PolicySpec {
+        write_paths: vec![granted.display().to_string()],
+        ..PolicySpec::default()
+    };
+    let secret_text = secret.display().to_string();
+    let (mut ran, mut refused) = (0, 0);
+    rt().block_on(async {
+        for _ in 0..200 {
+            let request = RunRequest::new(
+                vec!["cat".into(), secret_text.clone()],
+                policy(spec.clone()),
+            )
+            .unwrap();
+            match manager.run(request, RunOptions::default()).await {
+                Ok(outcome) => {
+                    ran += 1;
+                    if fs_enforced(&outcome) {
+                        assert!(
+                            !stdout(&outcome).contains("TOPSECRET"),
+                            "a swapped grant let the run read {secret_text}"
+                        );
+                        assert_ne!(outcome.exit_code, Some(0), "{}", stderr(&outcome));
+                    }
+                }
+                Err(RunError::Policy(PolicyError::Forbidden { field, path })) => {
+                    assert_eq!(
+                        (field, path.as_str()),
+                        ("write_paths", spec.write_paths[0].as_str())
+                    );
+                    refused += 1;
+                }
+                // The name can be mid-exchange when it is opened.
+                Err(RunError::PathUnavailable { .. }) => refused += 1,
+                Err(other) => panic!("unexpected error: {other}"),
+            }
+        }
+    });
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let swaps = swapper.join().unwrap();
+    assert!(swaps > 200, "the swapper made only {swaps} exchanges");
+    // Both sides happened: runs with the real directory granted, and refusals.
+    assert!(ran > 0 && refused > 0, "ran {ran}, refused {refused}");
+}
+
 #[test]
 fn concurrency_beyond_the_bound_is_refused_at_once() {
     let manager =
@@ -201,7 +307,11 @@ fn output_is_streamed_as_it_comes() {
     .unwrap();
     let sandbox = strongest();
     rt().block_on(async {
-        let run = tokio::spawn(sandbox.run(request, RunOptions { output: Some(tx) }));
+        let run = tokio::spawn(sandbox.run(
+            request,
+            RunOptions { output: Some(tx) },
+            &crate::unrestricted(),
+        ));
         let first = tokio::time::timeout(Duration::from_millis(250), rx.recv())
             .await
             .expect("first chunk before the run ends")

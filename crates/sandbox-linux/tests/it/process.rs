@@ -187,7 +187,7 @@ fn dropping_the_run_future_kills_the_run() {
         .build()
         .unwrap();
     rt.block_on(async {
-        let run = sandbox.run(request, RunOptions::default());
+        let run = sandbox.run(request, RunOptions::default(), &unrestricted());
         let result = tokio::time::timeout(Duration::from_millis(300), run).await;
         assert!(result.is_err(), "the run should still be going");
     });
@@ -221,7 +221,7 @@ fn runs_cancelled_while_their_child_is_set_up_leave_nothing_behind() {
                 .unwrap()
                 .with_cwd(&cwd)
                 .unwrap();
-            let mut run = sandbox.run(request, RunOptions::default());
+            let mut run = sandbox.run(request, RunOptions::default(), &unrestricted());
             let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
             assert!(
                 run.as_mut().poll(&mut cx).is_pending(),

@@ -163,13 +163,13 @@ impl CaState {
         warn_if_shadowed(&ca, &config.tls.crl);
         let inventory_path = ca_config.inventory_path(config);
         let ca_dir = config.data_dir.join("ca");
-        for dir in [inventory_path.parent(), Some(ca_dir.as_path())]
-            .into_iter()
-            .flatten()
-        {
+        // The inventory's directory may be one the operator shares with
+        // others, so only the server's own `ca` directory is made private.
+        if let Some(dir) = inventory_path.parent() {
             std::fs::create_dir_all(dir)
                 .with_context(|| format!("cannot create directory {}", dir.display()))?;
         }
+        crate::serve::private_dir(&ca_dir)?;
         let inventory = Inventory::open(&inventory_path)
             .with_context(|| format!("cannot open CA inventory {}", inventory_path.display()))?;
         let state = Self {

@@ -250,6 +250,57 @@ fn processes_running(argv: &[&str]) -> Vec<u32> {
         .collect()
 }
 
+/// Runs `cordon.sandbox.v1.Sandbox/Run` with grpcurl as admin; returns whether it
+/// succeeded and what it printed.
+fn grpcurl_run(server: &TestServer, request: &serde_json::Value) -> (bool, String) {
+    let output = harness::grpcurl_as_admin(server)
+        .args([
+            "-d",
+            &request.to_string(),
+            &server.addr,
+            "cordon.sandbox.v1.Sandbox/Run",
+        ])
+        .output()
+        .unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    (output.status.success(), text)
+}
+
+/// A work root the operator moved out of the data directory is as ungrantable as the data
+/// directory: a run granted it, or a parent of it, could read other runs' files or swap a
+/// directory that is about to become another run's work directory.
+#[test]
+fn a_work_root_outside_the_data_directory_is_never_grantable() {
+    let outside = tempfile::tempdir().unwrap();
+    let work_root = outside.path().join("runs");
+    let sibling = outside.path().join("sibling");
+    std::fs::create_dir(&sibling).unwrap();
+    let (server, _) = start(&format!(
+        "work_root = {:?}",
+        work_root.display().to_string()
+    ));
+    let request = |path: &Path| {
+        serde_json::json!({
+            "argv": ["true"],
+            "tool": "grant",
+            "tool_source": "builtin",
+            "policy": {"read_paths": [path.display().to_string()]},
+        })
+    };
+    for refused in [outside.path(), work_root.as_path()] {
+        let (ok, text) = grpcurl_run(&server, &request(refused));
+        assert!(!ok, "{text}");
+        assert!(text.contains("InvalidArgument"), "{text}");
+        assert!(text.contains(&refused.display().to_string()), "{text}");
+    }
+    let (ok, text) = grpcurl_run(&server, &request(&sibling));
+    assert!(ok, "{text}");
+}
+
 #[test]
 fn a_run_dies_with_a_crashed_server() {
     let (mut server, _) = start("");

@@ -633,7 +633,29 @@ def soft_suite():
                     grpc.StatusCode.FAILED_PRECONDITION, "kernel enforcement")
         r = run(["echo", "soft"])
         assert out(r) == "soft\n" and not r.enforcement.kernel_enforced, r
-    return [test_soft_backend_reports_and_refuses_kernel_enforcement]
+    def test_the_servers_private_directories_are_closed_to_the_run_uid():
+        # Without Landlock only file permissions keep a run out of the data directory, which
+        # the run uid may search to reach its work directory: the audit log and the CA
+        # inventory sit in directories private to the server's uid.
+        data = CTX["data_dir"]
+        audit_db = os.path.join(data, "audit", "audit-000001.db")
+        inventory = os.path.join(data, "ca", "inventory.db")
+        for path in (audit_db, inventory):
+            assert os.path.exists(path), path
+            mode = stat.S_IMODE(os.stat(os.path.dirname(path)).st_mode)
+            assert mode == 0o700, (path, oct(mode))
+        readable = os.path.join(data, "certs", "ca.pem")
+        probe = "for f in \"$@\"; do if head -c 1 \"$f\" >/dev/null 2>&1; then echo READ; else echo DENIED; fi; done"
+        r = run(["sh", "-c", probe, "probe", readable, audit_db, inventory])
+        if os.geteuid() == 0:
+            # Runs are the unprivileged run uid: a world-readable file beside them is readable.
+            assert out(r).split() == ["READ", "DENIED", "DENIED"], r
+        else:
+            # Runs are the server's own uid, which nothing but Landlock could stop; the report
+            # says the file system is not enforced.
+            assert "filesystem" in r.enforcement.missing, r
+    return [test_soft_backend_reports_and_refuses_kernel_enforcement,
+            test_the_servers_private_directories_are_closed_to_the_run_uid]
 
 
 def work_fs_suite():

@@ -285,14 +285,21 @@ impl SandboxConfig {
     pub(crate) fn manager(&self, data_dir: &Path) -> Result<Manager> {
         let data_dir = absolute(data_dir)?;
         let work_root = self.work_root(&data_dir);
-        let forbidden = data_dir
-            .to_str()
-            .with_context(|| format!("data directory {} is not UTF-8", data_dir.display()))?
-            .to_owned();
+        // The work root holds the directories of every run: a run granted it, or a parent of
+        // it, could read another run's files or swap a directory that is about to become
+        // another run's work directory.
+        let forbidden = [&data_dir, &work_root]
+            .into_iter()
+            .map(|path| {
+                path.to_str()
+                    .map(str::to_owned)
+                    .with_context(|| format!("{} is not UTF-8", path.display()))
+            })
+            .collect::<Result<Vec<_>>>()?;
         let ceiling = sandbox_core::Ceiling::new(CeilingConfig {
             read_roots: self.read_roots.clone(),
             write_roots: self.write_roots.clone(),
-            forbidden: vec![forbidden],
+            forbidden,
             max: self.max_limits.into(),
             defaults: self.default_limits.into(),
         })
