@@ -123,7 +123,8 @@ impl Default for TlsConfig {
 pub(crate) struct ServerLimits {
     /// Largest request message accepted; larger ones get RESOURCE_EXHAUSTED.
     pub(crate) max_message_bytes: usize,
-    /// Deadline for unary calls and for the first response of streaming calls.
+    /// Deadline for unary calls and for the first response of streaming calls,
+    /// except sandbox runs, which their own `timeout_ms` bounds.
     pub(crate) request_timeout_ms: u64,
     /// Calls served at once across all connections; beyond it RESOURCE_EXHAUSTED at once.
     pub(crate) max_concurrent_requests: usize,

@@ -16,7 +16,7 @@ use crate::events::Events;
 use crate::layers::audit::{AuditLayer, AuditOnFailure, RefuseWhileFailing};
 use crate::layers::authn::{Authenticator, RevokedSerials};
 use crate::layers::authz::Authorizer;
-use crate::layers::limits::{ConcurrencyCapLayer, MessageSizeLimitLayer};
+use crate::layers::limits::{ConcurrencyCapLayer, MessageSizeLimitLayer, RequestDeadlineLayer};
 use crate::listener;
 use crate::proto;
 use crate::services::identity::IdentityService;
@@ -169,6 +169,9 @@ pub(crate) async fn run(config: Config, work_fs: WorkFsOutcome) -> Result<()> {
     // layers refuse, and records it when the call ends.
     let layers = ServiceBuilder::new()
         .layer(AuditLayer::new(audit_log.clone()))
+        .layer(RequestDeadlineLayer::new(Duration::from_millis(
+            config.server.request_timeout_ms,
+        )))
         .layer(MessageSizeLimitLayer::new(max_message))
         .layer(ConcurrencyCapLayer::new(
             config.server.max_concurrent_requests,
@@ -185,7 +188,6 @@ pub(crate) async fn run(config: Config, work_fs: WorkFsOutcome) -> Result<()> {
 
     let limits = &config.server;
     let router = Server::builder()
-        .timeout(Duration::from_millis(limits.request_timeout_ms))
         .max_concurrent_streams(limits.max_concurrent_streams)
         .http2_keepalive_interval(Some(Duration::from_millis(
             limits.http2_keepalive_interval_ms,

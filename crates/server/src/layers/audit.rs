@@ -32,6 +32,10 @@
 //! second on the benchmark machine. Its record is queued on the calling task,
 //! without a task of its own.
 //!
+//! A call whose future is dropped before the service answers (the client
+//! cancelled it or its deadline passed) is recorded as CANCELLED: it may
+//! already have taken effect.
+//!
 //! # Request digest
 //! `request_sha256` is the SHA-256 of the request's message payloads, without
 //! the 5-byte gRPC length prefixes: for a unary call, the SHA-256 of the
@@ -256,8 +260,13 @@ where
             digest,
         };
         let future = self.inner.call(request);
+        let mut unanswered = Unanswered(Some(call));
         Box::pin(async move {
-            match future.await {
+            let result = future.await;
+            let Some(call) = unanswered.0.take() else {
+                return result;
+            };
+            match result {
                 Ok(response) => Ok(call.watch(response).await),
                 Err(error) => {
                     // The transport turns the error into a reset stream; the
@@ -267,6 +276,23 @@ where
                 }
             }
         })
+    }
+}
+
+/// A call whose service has not answered yet. Dropped with the call still in
+/// it, the call's future was dropped: the client cancelled, its deadline
+/// passed, or the server's request timeout cut the call. The call may already
+/// have taken effect (a sandboxed command ran), so it is recorded as
+/// CANCELLED, the status the client sees.
+struct Unanswered(Option<Call>);
+
+impl Drop for Unanswered {
+    fn drop(&mut self) {
+        if let Some(call) = self.0.take()
+            && tokio::runtime::Handle::try_current().is_ok()
+        {
+            drop(call.record("CANCELLED"));
+        }
     }
 }
 

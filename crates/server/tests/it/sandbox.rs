@@ -93,6 +93,14 @@ fn soft_backend_warns_and_refuses_kernel_enforcement() {
 }
 
 #[test]
+fn runs_outlive_the_request_timeout_and_cut_runs_are_recorded() {
+    let (_server, context) = start("[server]\nrequest_timeout_ms = 1500");
+    let scratch = tempfile::tempdir().unwrap();
+    let context = with(context, "scratch", json!(scratch.path()));
+    harness::run_python("test_sandbox.py", &with(context, "mode", json!("deadlines")));
+}
+
+#[test]
 fn sigterm_lets_a_run_in_flight_finish_then_exits_zero() {
     let (mut server, context) = start("");
     harness::run_python("test_sandbox.py", &with(context, "mode", json!("sigterm")));

@@ -658,6 +658,40 @@ def soft_suite():
             test_the_servers_private_directories_are_closed_to_the_run_uid]
 
 
+def deadlines_suite():
+    """The server runs with server.request_timeout_ms = 1500."""
+
+    def test_a_run_longer_than_the_request_timeout_completes():
+        # A run is bounded by its own timeout_ms, not by the server's request deadline.
+        r = run(["sh", "-c", "sleep 2.5; echo done"], policy(limits={"timeout_ms": 10000}))
+        assert out(r) == "done\n" and r.exit_code == 0 and not r.timed_out, r
+
+    def test_a_unary_run_cut_by_the_clients_deadline_is_recorded():
+        # The command took effect before the client gave up, so the call must be in the log.
+        since = int(time.time() * 1000)
+        proof = os.path.join(CTX["scratch"], f"proof-{uuid.uuid4().hex}")
+        pol = policy(write=[CTX["scratch"]], limits={"timeout_ms": 10000})
+        tool = f"deadline-{uuid.uuid4().hex[:8]}"
+        expect_code(lambda: stub("admin").Run(
+            request(["sh", "-c", f"echo x > {proof}; exec sleep 5"], pol, tool=tool), timeout=1),
+            grpc.StatusCode.DEADLINE_EXCEEDED)
+        assert os.path.exists(proof), "the run did not start"
+        audit = audit_pb2_grpc.AuditStub(cert_channel(CTX, "auditor"))
+        deadline = time.monotonic() + 10
+        while True:
+            records = audit.Query(audit_pb2.QueryRequest(
+                identity="admin", method="/cordon.sandbox.v1.Sandbox/Run", tool=tool,
+                since_unix_ms=since, page_size=10), timeout=10).records
+            if records or time.monotonic() > deadline:
+                break
+            time.sleep(0.1)
+        assert [r.status for r in records] == ["CANCELLED"], records
+        assert records[0].sandboxed and len(records[0].request_sha256) == 64, records
+
+    return [test_a_run_longer_than_the_request_timeout_completes,
+            test_a_unary_run_cut_by_the_clients_deadline_is_recorded]
+
+
 def work_fs_suite():
     """The work directories' file system as configured: a private tmpfs whose size bounds what
     runs can write, or the host's file system. The Rust side checks the mount tables."""
@@ -709,6 +743,9 @@ if __name__ == "__main__":
         run_tests(work_fs_suite())
     elif mode == "soft":
         run_tests(soft_suite())
+    elif mode == "deadlines":
+        os.chmod(CTX["scratch"], 0o777)
+        run_tests(deadlines_suite())
     else:
         setup_scratch()
         run_tests([v for k, v in list(globals().items()) if k.startswith("test_") and callable(v)])
