@@ -94,6 +94,7 @@ pub(crate) struct TlsConfig {
     /// Certificate revocation lists (PEM) checked for every client certificate.
     pub(crate) crl: Vec<PathBuf>,
     /// Lowest TLS version accepted: "1.3" or "1.2".
+    #[serde(deserialize_with = "version_text")]
     pub(crate) min_version: String,
     pub(crate) client_auth: ClientAuth,
     /// A non-loopback listener with optional client authentication is refused
@@ -240,6 +241,23 @@ pub(crate) struct Overrides {
     pub(crate) listen: Option<SocketAddr>,
 }
 
+/// Reads a version written as text (`"1.2"`) or as the number an environment
+/// variable such as `CORDON_TLS__MIN_VERSION=1.2` parses to. The number keeps
+/// its shortest spelling, so `1.25` stays `"1.25"` and is refused by
+/// validation rather than rounded to a valid version.
+fn version_text<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<String, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Version {
+        Text(String),
+        Number(f64),
+    }
+    Ok(match Version::deserialize(deserializer)? {
+        Version::Text(text) => text,
+        Version::Number(number) => number.to_string(),
+    })
+}
+
 impl Config {
     /// Loads defaults, then the file, then `CORDON_*` variables, then the
     /// command line.
@@ -328,5 +346,32 @@ impl Config {
 
     pub(crate) fn handshake_timeout(&self) -> Duration {
         Duration::from_millis(self.tls.handshake_timeout_ms)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use figment::Figment;
+    use figment::providers::Serialized;
+
+    use super::Config;
+
+    /// The `tls.min_version` read from `value`, or `None` when it cannot be read.
+    fn min_version(value: impl serde::Serialize) -> Option<String> {
+        Figment::from(Serialized::defaults(Config::default()))
+            .merge(("tls.min_version", value))
+            .extract::<Config>()
+            .ok()
+            .map(|config| config.tls.min_version)
+    }
+
+    #[test]
+    fn a_tls_version_may_come_as_text_or_as_the_number_an_environment_variable_gives() {
+        assert_eq!(min_version("1.2").as_deref(), Some("1.2"));
+        assert_eq!(min_version(1.2).as_deref(), Some("1.2"));
+        assert_eq!(min_version(1.3).as_deref(), Some("1.3"));
+        // Not rounded into a valid version: validation refuses it.
+        assert_eq!(min_version(1.25).as_deref(), Some("1.25"));
+        assert_eq!(min_version(true), None);
     }
 }

@@ -97,7 +97,10 @@ fn runs_outlive_the_request_timeout_and_cut_runs_are_recorded() {
     let (_server, context) = start("[server]\nrequest_timeout_ms = 1500");
     let scratch = tempfile::tempdir().unwrap();
     let context = with(context, "scratch", json!(scratch.path()));
-    harness::run_python("test_sandbox.py", &with(context, "mode", json!("deadlines")));
+    harness::run_python(
+        "test_sandbox.py",
+        &with(context, "mode", json!("deadlines")),
+    );
 }
 
 #[test]
