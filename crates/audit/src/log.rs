@@ -26,7 +26,7 @@ use crate::segment::{
     bind_record, create_segment, finish_sealed, is_writable, list_segments, open_reader,
     open_writer, read_header, read_seal,
 };
-use crate::verify::{VerifyReport, verify_dir};
+use crate::verify::{VerifyReport, verify_dir, verify_dir_with_anchor};
 
 /// What an acknowledgement promises.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
@@ -564,6 +564,15 @@ impl AuditLog {
     pub async fn verify(&self) -> Result<VerifyReport, VerifyError> {
         let dir = self.inner.data_dir.clone();
         tokio::task::spawn_blocking(move || verify_dir(&dir))
+            .await
+            .map_err(|_| VerifyError::Interrupted)?
+    }
+
+    /// Like [`AuditLog::verify`], and also checks the log against `anchor`, as
+    /// [`verify_dir_with_anchor`] does.
+    pub async fn verify_with_anchor(&self, anchor: Anchor) -> Result<VerifyReport, VerifyError> {
+        let dir = self.inner.data_dir.clone();
+        tokio::task::spawn_blocking(move || verify_dir_with_anchor(&dir, &anchor))
             .await
             .map_err(|_| VerifyError::Interrupted)?
     }

@@ -14,6 +14,13 @@ pub(crate) enum AuditCommand {
         /// The server's data directory (the log is in `<data-dir>/audit`).
         #[arg(long)]
         data_dir: PathBuf,
+        /// A head printed by an earlier verify and kept where the server
+        /// cannot write, as `SEQ:HASH`: the log must still hold that record
+        /// with that hash. This detects records removed from the end and a
+        /// history rewritten with recomputed hashes, which the chain alone
+        /// cannot show.
+        #[arg(long, value_name = "SEQ:HASH", value_parser = parse_anchor)]
+        anchor: Option<audit::Anchor>,
     },
     /// Seal the active segment and start a new one. The server must be
     /// stopped: it holds the log's lock while it runs.
@@ -26,13 +33,29 @@ pub(crate) enum AuditCommand {
 
 pub(crate) fn run(command: AuditCommand) -> Result<()> {
     match command {
-        AuditCommand::Verify { data_dir } => verify(&data_dir),
+        AuditCommand::Verify { data_dir, anchor } => verify(&data_dir, anchor.as_ref()),
         AuditCommand::Seal { data_dir } => seal(data_dir),
     }
 }
 
-fn verify(data_dir: &std::path::Path) -> Result<()> {
-    let report = audit::verify_dir(data_dir)?;
+/// Reads `SEQ:HASH` (the hash as 64 hex digits) for `--anchor`.
+fn parse_anchor(text: &str) -> Result<audit::Anchor, String> {
+    let (seq, hash) = text
+        .split_once(':')
+        .ok_or("expected SEQ:HASH, for example 42:<64 hex digits>")?;
+    let seq = seq
+        .parse()
+        .map_err(|_| format!("the seq {seq:?} is not a number"))?;
+    let hash = audit::ChainHash::from_hex(hash)
+        .ok_or_else(|| format!("the hash {hash:?} is not 64 hex digits"))?;
+    Ok(audit::Anchor { seq, hash })
+}
+
+fn verify(data_dir: &std::path::Path, anchor: Option<&audit::Anchor>) -> Result<()> {
+    let report = match anchor {
+        Some(anchor) => audit::verify_dir_with_anchor(data_dir, anchor)?,
+        None => audit::verify_dir(data_dir)?,
+    };
     println!("segments:        {}", report.segments);
     println!("records checked: {}", report.records_checked);
     println!("head seq:        {}", report.head.seq);

@@ -39,7 +39,6 @@ pub(crate) async fn run(config: Config, work_fs: WorkFsOutcome) -> Result<()> {
     crate::tls_watch::spawn(&tls_files, tls.clone());
     // The audit log is open and the metrics recorder installed before the
     // first connection, so nothing goes unrecorded or uncounted.
-    private_dir(&::audit::audit_dir(&config.data_dir))?;
     let audit_log = config.audit.open(&config.data_dir)?;
     let ops_addr = match config.ops.enabled {
         true => Some(crate::ops::start(&config.ops, audit_log.clone()).await?),

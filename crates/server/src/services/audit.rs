@@ -1,7 +1,7 @@
 //! `cordon.audit.v1.Audit`: reads the tamper-evident log the audit layer
 //! writes. Every method needs the `audit.read` permission (RBAC layer).
 
-use ::audit::{AuditLog, QueryError, Record, VerifyError};
+use ::audit::{Anchor, AuditLog, ChainHash, QueryError, Record, VerifyError};
 use tonic::{Request, Response, Status};
 
 use crate::notes;
@@ -126,7 +126,12 @@ impl pb::audit_server::Audit for AuditService {
         &self,
         request: Request<pb::VerifyRequest>,
     ) -> Result<Response<pb::VerifyResponse>, Status> {
-        let report = self.log.verify().await.map_err(|error: VerifyError| {
+        let anchor = anchor_of(request.get_ref())?;
+        let report = match anchor {
+            Some(anchor) => self.log.verify_with_anchor(anchor).await,
+            None => self.log.verify().await,
+        }
+        .map_err(|error: VerifyError| {
             tracing::error!(%error, "audit verification could not run");
             Status::internal("the audit log could not be verified")
         })?;
@@ -146,6 +151,23 @@ impl pb::audit_server::Audit for AuditService {
             first_bad_seq: report.first_bad_seq.unwrap_or_default(),
             reason: report.reason.unwrap_or_default(),
             segments: report.segments,
+            head_seq: report.head.seq,
+            head_hash: report.head.hash.to_hex(),
         }))
+    }
+}
+
+/// The anchor a `VerifyRequest` names, if any.
+fn anchor_of(request: &pb::VerifyRequest) -> Result<Option<Anchor>, Status> {
+    match (request.anchor_seq, request.anchor_hash.as_str()) {
+        (0, "") => Ok(None),
+        (_, "") => Err(Status::invalid_argument(
+            "anchor_hash: required with anchor_seq",
+        )),
+        (seq, hash) => {
+            let hash = ChainHash::from_hex(hash)
+                .ok_or_else(|| Status::invalid_argument("anchor_hash: expected 64 hex digits"))?;
+            Ok(Some(Anchor { seq, hash }))
+        }
     }
 }

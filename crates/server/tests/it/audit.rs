@@ -298,6 +298,58 @@ fn acknowledged_records_survive_kill_9_restarts_and_seals_and_tampering_is_caugh
     );
 }
 
+/// The value of `label` in `cordon audit verify`'s output.
+fn printed(stdout: &str, label: &str) -> String {
+    stdout
+        .lines()
+        .find_map(|line| line.strip_prefix(label))
+        .unwrap_or_else(|| panic!("no {label:?} in {stdout}"))
+        .trim()
+        .to_owned()
+}
+
+/// Removing records from the end of the active segment leaves a chain that
+/// verifies on its own; `--anchor` with a head printed earlier catches it.
+#[test]
+fn verify_with_an_anchor_catches_a_removed_tail() {
+    let server = TestServer::start("[ops]\nenabled = false\n");
+    whoami_calls(&server, 20);
+    let dir = kill_9(server);
+    recover(dir.path(), 0);
+    let verified = cordon_audit(&["verify"], dir.path());
+    let stdout = String::from_utf8_lossy(&verified.stdout).into_owned();
+    assert!(verified.status.success(), "{verified:?}");
+    let head_seq: i64 = printed(&stdout, "head seq:").parse().unwrap();
+    let head = format!("{head_seq}:{}", printed(&stdout, "head hash:"));
+    let with_anchor = cordon_audit(&["verify", "--anchor", &head], dir.path());
+    assert!(with_anchor.status.success(), "{with_anchor:?}");
+
+    let segment = audit::segment_path(dir.path(), 1);
+    let conn = rusqlite::Connection::open(&segment).unwrap();
+    conn.execute_batch("DROP TRIGGER records_no_delete;")
+        .unwrap();
+    let removed = conn
+        .execute("DELETE FROM records WHERE seq > ?1", [head_seq - 5])
+        .unwrap();
+    assert_eq!(removed, 5);
+    drop(conn);
+
+    let verified = cordon_audit(&["verify"], dir.path());
+    assert!(
+        verified.status.success(),
+        "the chain alone cannot see a removed tail: {verified:?}"
+    );
+    let with_anchor = cordon_audit(&["verify", "--anchor", &head], dir.path());
+    let stdout = String::from_utf8_lossy(&with_anchor.stdout);
+    assert!(!with_anchor.status.success(), "{stdout}");
+    assert!(stdout.contains("the tail was removed"), "{stdout}");
+
+    let malformed = cordon_audit(&["verify", "--anchor", "12:not-hex"], dir.path());
+    let stderr = String::from_utf8_lossy(&malformed.stderr);
+    assert!(!malformed.status.success(), "{stderr}");
+    assert!(stderr.contains("64 hex digits"), "{stderr}");
+}
+
 #[test]
 fn audit_can_be_disabled_and_verify_fails_without_a_log() {
     let server = TestServer::start("[ops]\nenabled = false\n[audit]\nenabled = false\n");

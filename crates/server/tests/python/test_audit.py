@@ -185,6 +185,28 @@ def test_verify_ok():
     assert v.segments >= 1, v
 
 
+def test_verify_against_an_anchor():
+    head = audit().Verify(audit_pb2.VerifyRequest(), timeout=10)
+    assert head.ok and head.head_seq >= 8 and len(head.head_hash) == 64, head
+    # The head a previous answer gave is still in the log, with its hash.
+    again = audit().Verify(audit_pb2.VerifyRequest(anchor_seq=head.head_seq, anchor_hash=head.head_hash),
+                           timeout=10)
+    assert again.ok and again.head_seq >= head.head_seq, again
+    # An anchor beyond the end is a removed tail; another hash is a rewritten history.
+    beyond = audit().Verify(audit_pb2.VerifyRequest(anchor_seq=head.head_seq + 10 ** 9,
+                                                    anchor_hash=head.head_hash), timeout=10)
+    assert not beyond.ok and "tail was removed" in beyond.reason, beyond
+    other = "0" * 64 if head.head_hash != "0" * 64 else "1" * 64
+    rewritten = audit().Verify(audit_pb2.VerifyRequest(anchor_seq=head.head_seq, anchor_hash=other),
+                               timeout=10)
+    assert not rewritten.ok and rewritten.first_bad_seq == head.head_seq, rewritten
+    assert "rewritten" in rewritten.reason, rewritten
+    expect_code(lambda: audit().Verify(audit_pb2.VerifyRequest(anchor_seq=3, anchor_hash="xyz"), timeout=10),
+                grpc.StatusCode.INVALID_ARGUMENT, "anchor_hash")
+    expect_code(lambda: audit().Verify(audit_pb2.VerifyRequest(anchor_seq=3), timeout=10),
+                grpc.StatusCode.INVALID_ARGUMENT, "anchor_hash")
+
+
 def test_auditor_may_read_agent_may_not():
     assert audit("auditor").Verify(audit_pb2.VerifyRequest(), timeout=10).ok
     expect_code(lambda: audit("agent").Query(audit_pb2.QueryRequest(), timeout=10),
