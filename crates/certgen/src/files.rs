@@ -101,6 +101,33 @@ pub struct DevBundleFiles {
     pub server_key: PathBuf,
     /// `(identity, NAME.pem, NAME.key)` for each client.
     pub clients: Vec<(String, PathBuf, PathBuf)>,
+    /// The server certificate (identity `server`) and every client certificate, as the CA's
+    /// inventory records them, so that they can be listed and revoked like issued ones.
+    pub certificates: Vec<BundleCertificate>,
+}
+
+/// One certificate of a development bundle, as an inventory records it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BundleCertificate {
+    /// `server`, or the client's identity.
+    pub identity: String,
+    /// Lowercase hex of the serial number, as in [`crate::Issued`].
+    pub serial_hex: String,
+    /// `notBefore`.
+    pub not_before: time::OffsetDateTime,
+    /// `notAfter`.
+    pub not_after: time::OffsetDateTime,
+}
+
+impl BundleCertificate {
+    fn of(identity: &str, issued: &crate::Issued) -> Self {
+        BundleCertificate {
+            identity: identity.to_owned(),
+            serial_hex: issued.serial_hex.clone(),
+            not_before: issued.not_before,
+            not_after: issued.not_after,
+        }
+    }
 }
 
 /// Errors of [`write_dev_bundle`].
@@ -180,6 +207,13 @@ pub fn write_dev_bundle(dir: &Path, bundle: &DevBundle) -> Result<DevBundleFiles
                     dir.join(format!("{name}.key")),
                 )
             })
+            .collect(),
+        certificates: std::iter::once(BundleCertificate::of("server", &server))
+            .chain(
+                clients
+                    .iter()
+                    .map(|(name, issued)| BundleCertificate::of(name, issued)),
+            )
             .collect(),
     };
     write_key_file(&files.ca_key, ca.key_pem())?;

@@ -20,8 +20,8 @@ pub use ca::{
 pub use crl::{Crl, CrlError, RevocationReason, Revoked, UnknownReason};
 pub use csr::{CsrError, MIN_RSA_BITS};
 pub use files::{
-    BUNDLE_DIR_MODE, BundleError, CERT_FILE_MODE, DevBundle, DevBundleFiles, KEY_FILE_MODE,
-    WriteError, write_cert_file, write_dev_bundle, write_key_file,
+    BUNDLE_DIR_MODE, BundleCertificate, BundleError, CERT_FILE_MODE, DevBundle, DevBundleFiles,
+    KEY_FILE_MODE, WriteError, write_cert_file, write_dev_bundle, write_key_file,
 };
 pub use identity::{ClientIdentity, IdentityError, client_identity};
 pub use inventory::{

@@ -29,8 +29,11 @@ pub(crate) async fn run(config: Config, work_fs: WorkFsOutcome) -> Result<()> {
     // Installed first, so that a SIGTERM arriving at any point after the
     // listening banner shuts down gracefully instead of killing the process.
     let termination = termination_signals()?;
-    let created_dev_certs = ensure_dev_certs(&config)?;
+    let dev_bundle = ensure_dev_certs(&config)?;
     let ca = crate::ca::CaState::open(&config)?.map(Arc::new);
+    if let (Some(ca), Some(bundle)) = (&ca, &dev_bundle) {
+        ca.record_bundle(bundle)?;
+    }
     let mut tls_files = TlsFiles::from_config(&config);
     if let Some(ca) = &ca {
         tls_files.crls.push(ca.crl_path().to_path_buf());
@@ -206,7 +209,7 @@ pub(crate) async fn run(config: Config, work_fs: WorkFsOutcome) -> Result<()> {
         .add_service(sandbox)
         .add_service(ratelimit);
 
-    print_banner(&config, local, created_dev_certs);
+    print_banner(&config, local, dev_bundle.is_some());
     if let Some(ops_addr) = ops_addr {
         say(format_args!("ops endpoint on http://{ops_addr}"));
     }
@@ -325,18 +328,19 @@ pub(crate) fn private_dir(dir: &Path) -> Result<()> {
 
 /// Creates the development CA, server certificate and `admin` client
 /// certificate when the certificate directory holds no CA and the
-/// configuration names no files of its own. Returns whether it did.
-fn ensure_dev_certs(config: &Config) -> Result<bool> {
+/// configuration names no files of its own. Returns the bundle when it made
+/// one.
+fn ensure_dev_certs(config: &Config) -> Result<Option<certgen::DevBundleFiles>> {
     if config.tls.cert.is_some() || config.tls.key.is_some() || config.tls.client_ca.is_some() {
-        return Ok(false);
+        return Ok(None);
     }
     let dir = config.certs_dir();
     if dir.join("ca.pem").exists() {
-        return Ok(false);
+        return Ok(None);
     }
     std::fs::create_dir_all(&dir)
         .with_context(|| format!("cannot create certificate directory {}", dir.display()))?;
-    certgen::write_dev_bundle(
+    let bundle = certgen::write_dev_bundle(
         &dir,
         &certgen::DevBundle {
             trust_domain: config.trust_domain.clone(),
@@ -350,7 +354,7 @@ fn ensure_dev_certs(config: &Config) -> Result<bool> {
             dir.display()
         )
     })?;
-    Ok(true)
+    Ok(Some(bundle))
 }
 
 fn print_banner(config: &Config, local: std::net::SocketAddr, created_dev_certs: bool) {

@@ -206,6 +206,28 @@ impl CaState {
         &self.inventory
     }
 
+    /// Records the certificates of a development bundle made at this start,
+    /// so that `ListCertificates` shows them and `RevokeCertificate` can
+    /// revoke them like the ones the service issued.
+    pub(crate) fn record_bundle(&self, bundle: &certgen::DevBundleFiles) -> Result<()> {
+        for certificate in &bundle.certificates {
+            self.inventory
+                .record(
+                    &certificate.serial_hex,
+                    &certificate.identity,
+                    certificate.not_before,
+                    certificate.not_after,
+                )
+                .with_context(|| {
+                    format!(
+                        "cannot record the development certificate of {} in the CA inventory",
+                        certificate.identity
+                    )
+                })?;
+        }
+        Ok(())
+    }
+
     /// The serials of every revoked certificate, for the authentication layer.
     pub(crate) fn revoked_serials(&self) -> Result<HashSet<String>> {
         Ok(self

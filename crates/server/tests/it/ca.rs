@@ -215,3 +215,58 @@ fn disabled_ca_is_not_served_and_bad_ca_configuration_is_refused() {
         assert!(!text.contains("panicked"), "{text}");
     }
 }
+
+/// Runs a CertAuthority method with grpcurl as the server's admin; returns
+/// whether it succeeded and the JSON or error it printed.
+fn ca_call(server: &TestServer, method: &str, request: &Value) -> (bool, String) {
+    let output = harness::grpcurl_as_admin(server)
+        .args([
+            "-connect-timeout",
+            "3",
+            "-d",
+            &request.to_string(),
+            &server.addr,
+            &format!("cordon.ca.v1.CertAuthority/{method}"),
+        ])
+        .output()
+        .unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    (output.status.success(), text)
+}
+
+/// The development certificates made at a first start are in the inventory:
+/// listed, and revocable like issued ones, which takes effect at once.
+#[test]
+fn development_certificates_are_listed_and_revocable() {
+    let server = TestServer::start("");
+    let (ok, text) = ca_call(&server, "ListCertificates", &json!({}));
+    assert!(ok, "{text}");
+    let listing: Value = serde_json::from_str(&text).unwrap();
+    let serial_of = |identity: &str| {
+        listing["certificates"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["identity"] == identity)
+            .and_then(|c| c["serial"].as_str())
+            .unwrap_or_else(|| panic!("{identity} is not listed: {text}"))
+            .to_owned()
+    };
+    serial_of("server");
+    let admin = serial_of("admin");
+
+    let (ok, text) = ca_call(
+        &server,
+        "RevokeCertificate",
+        &json!({"serial": admin, "reason": "REVOCATION_REASON_KEY_COMPROMISE"}),
+    );
+    assert!(ok, "{text}");
+    let (ok, text) = ca_call(&server, "ListCertificates", &json!({}));
+    assert!(!ok, "the revoked admin certificate still works: {text}");
+    let log = server.log();
+    assert!(log.contains("revoked"), "{log}");
+}
