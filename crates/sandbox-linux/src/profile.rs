@@ -59,6 +59,9 @@ pub const DENIED_SYSCALLS: &[DeniedSyscall] = &[
     deny("ptrace", "inspect or control other processes"),
     deny("process_vm_readv", "read another process's memory"),
     deny("process_vm_writev", "write another process's memory"),
+    deny("pidfd_getfd", "take another process's file descriptors"),
+    deny("process_madvise", "advise on another process's memory"),
+    deny("kcmp", "compare another process's descriptors and memory"),
     deny("mount", "change the mount table"),
     deny("umount2", "change the mount table"),
     deny("pivot_root", "change the root file system"),
@@ -154,6 +157,22 @@ pub const TCP_SOCKET_TYPES_DENIED: &[(&str, u64)] = &[
     ("SOCK_PACKET", 10),
 ];
 
+/// `MSG_FASTOPEN`: with network mode `tcp`, a send with this flag fails with `EPERM`. It
+/// connects an unconnected TCP socket without going through `connect`, so Landlock's connect
+/// port rules never see it (landlock-lsm/linux issue 41); on a connected socket the kernel
+/// refuses it anyway. `TCP_FASTOPEN_CONNECT` needs no rule: its address comes from `connect`.
+pub const MSG_FASTOPEN: u64 = 0x2000_0000;
+
+/// The syscalls that take `MSG_FASTOPEN`, with the index of their flags argument.
+pub const FAST_OPEN_SYSCALLS: &[(&str, u8)] = &[("sendto", 3), ("sendmsg", 2), ("sendmmsg", 3)];
+
+/// Syscalls that fail with `EPERM` in network mode `tcp` when the policy allows no bind port:
+/// `listen` on an unbound socket takes an ephemeral port without a `bind` that Landlock could
+/// check. Seccomp cannot tell a socket's family from its descriptor, so `listen` on unix
+/// sockets fails too in that mode. With bind ports allowed, `listen` has to stay, and an
+/// unbound socket can still listen on an ephemeral port: no kernel interface stops that.
+pub const TCP_SYSCALLS_WITHOUT_BIND_PORTS: &[&str] = &["listen"];
+
 /// Syscalls denied when no cgroup contains the run: without them a process cannot leave the
 /// run's process group, so killing the group kills the whole tree.
 pub const PROCESS_GROUP_SYSCALLS: &[&str] = &["setsid", "setpgid"];
@@ -199,6 +218,13 @@ pub fn render_linux_profile(policy: &Policy) -> String {
         } => {
             let _ = writeln!(out, "tcp connect ports: {connect_ports:?}");
             let _ = writeln!(out, "tcp bind ports: {bind_ports:?}");
+            if !bind_ports.is_empty() {
+                let _ = writeln!(
+                    out,
+                    "  not enforced: listen() on an unbound socket takes an ephemeral port \
+                     outside the bind ports"
+                );
+            }
         }
     }
     let _ = writeln!(out, "scoped: abstract unix sockets, signals");
@@ -227,12 +253,28 @@ pub fn render_linux_profile(policy: &Policy) -> String {
     if policy.allow_unix_sockets() {
         families.push("AF_UNIX");
     }
-    if matches!(policy.network(), NetworkPolicy::Tcp { .. }) {
+    if let NetworkPolicy::Tcp { bind_ports, .. } = policy.network() {
         families.extend(["AF_INET", "AF_INET6"]);
         let _ = writeln!(
             out,
             "  socket(AF_INET/AF_INET6) EPERM unless SOCK_STREAM with protocol 0 or IPPROTO_TCP"
         );
+        for (name, arg) in FAST_OPEN_SYSCALLS {
+            let _ = writeln!(
+                out,
+                "  {name} & MSG_FASTOPEN ({MSG_FASTOPEN:#x}, argument {arg}) EPERM   \
+                 TCP Fast Open connects without Landlock's connect check"
+            );
+        }
+        if bind_ports.is_empty() {
+            for name in TCP_SYSCALLS_WITHOUT_BIND_PORTS {
+                let _ = writeln!(
+                    out,
+                    "  {name:<20} EPERM   no bind port, and an unbound socket would listen \
+                     on an ephemeral port (unix sockets are refused too)"
+                );
+            }
+        }
     }
     let _ = writeln!(
         out,

@@ -201,13 +201,16 @@ impl Inner {
         layer(
             "network",
             match (landlock && abi >= landlock::ABI_NET, self.layers.seccomp) {
-                (true, _) => "landlock TCP connect and bind port allow-lists; seccomp socket \
-                              families per policy"
+                (true, true) => "landlock TCP connect and bind port allow-lists; seccomp \
+                                 socket families per policy, TCP Fast Open sends refused (they \
+                                 connect without Landlock's check), listen refused when no bind \
+                                 port is allowed; not enforced: with bind ports allowed, listen \
+                                 on an unbound socket takes an ephemeral port outside them"
                     .into(),
-                (false, true) => {
-                    "seccomp socket families per policy; TCP ports not restricted".into()
-                }
-                (false, false) => "not enforced".into(),
+                (false, true) => "seccomp socket families per policy, listen refused when no \
+                                  bind port is allowed; TCP ports not restricted"
+                    .into(),
+                (_, false) => "not enforced".into(),
             },
         );
         layer(
@@ -323,10 +326,14 @@ impl Inner {
             }
             None => None,
         };
-        let tcp = matches!(policy.network(), NetworkPolicy::Tcp { .. });
+        let (tcp, tcp_bind) = match policy.network() {
+            NetworkPolicy::None => (false, false),
+            NetworkPolicy::Tcp { bind_ports, .. } => (true, !bind_ports.is_empty()),
+        };
         let seccomp_variant = if self.layers.seccomp {
             let variant = seccomp::Variant {
                 tcp,
+                tcp_bind,
                 unix_sockets: policy.allow_unix_sockets(),
                 lock_process_group: cgroup.is_none(),
             };
@@ -352,8 +359,10 @@ impl Inner {
                 .as_ref()
                 .map_or(LandlockStatus::NotEnforced, |r| r.status),
             filesystem: ruleset.is_some(),
-            network_ports: ruleset.as_ref().is_some_and(|r| r.network_ports)
-                || (seccomp_variant.is_some() && !tcp),
+            // In TCP mode the port rules need both layers: Landlock checks connect and bind,
+            // and seccomp refuses TCP Fast Open sends, which connect without Landlock's check.
+            network_ports: seccomp_variant.is_some()
+                && (!tcp || ruleset.as_ref().is_some_and(|r| r.network_ports)),
             ipc_scoping: ruleset.as_ref().is_some_and(|r| r.ipc_scoping),
             seccomp: seccomp_variant.is_some(),
             no_new_privs: self.layers.no_new_privs,

@@ -18,8 +18,8 @@
 //! instead of three avoids paying the per-filter costs three times. That made installing
 //! the filter about five times cheaper on the development machine.
 //!
-//! Programs are compiled once per variant (network mode, unix sockets, process group rules)
-//! and cached, so a run only pays for installing them.
+//! Programs are compiled once per variant (network mode, bind ports, unix sockets, process
+//! group rules) and cached, so a run only pays for installing them.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex, OnceLock};
@@ -38,6 +38,8 @@ pub(crate) type Program = Vec<libc::sock_filter>;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub(crate) struct Variant {
     pub(crate) tcp: bool,
+    /// The policy allows some TCP bind port; without one, `listen` is refused in TCP mode.
+    pub(crate) tcp_bind: bool,
     pub(crate) unix_sockets: bool,
     pub(crate) lock_process_group: bool,
 }
@@ -65,6 +67,9 @@ pub(crate) fn syscall_number(name: &str) -> Option<i64> {
         "ptrace" => libc::SYS_ptrace,
         "process_vm_readv" => libc::SYS_process_vm_readv,
         "process_vm_writev" => libc::SYS_process_vm_writev,
+        "pidfd_getfd" => libc::SYS_pidfd_getfd,
+        "process_madvise" => libc::SYS_process_madvise,
+        "kcmp" => libc::SYS_kcmp,
         "mount" => libc::SYS_mount,
         "umount2" => libc::SYS_umount2,
         "pivot_root" => libc::SYS_pivot_root,
@@ -103,6 +108,10 @@ pub(crate) fn syscall_number(name: &str) -> Option<i64> {
         "clone3" => libc::SYS_clone3,
         "setsid" => libc::SYS_setsid,
         "setpgid" => libc::SYS_setpgid,
+        "sendto" => libc::SYS_sendto,
+        "sendmsg" => libc::SYS_sendmsg,
+        "sendmmsg" => libc::SYS_sendmmsg,
+        "listen" => libc::SYS_listen,
         _ => return None,
     };
     Some(n)
@@ -197,6 +206,21 @@ fn deny_list(variant: Variant) -> Result<(Program, Vec<u32>), CompileError> {
     }
     // An empty rule list matches every call: with no family allowed, no socket at all.
     rules.insert(libc::SYS_socket, socket_rules);
+    if variant.tcp {
+        for &(name, arg) in profile::FAST_OPEN_SYSCALLS {
+            let fast_open = cond(
+                arg,
+                SeccompCmpOp::MaskedEq(profile::MSG_FASTOPEN),
+                profile::MSG_FASTOPEN,
+            )?;
+            rules.insert(number(name)?, vec![rule(vec![fast_open])?]);
+        }
+        if !variant.tcp_bind {
+            for name in profile::TCP_SYSCALLS_WITHOUT_BIND_PORTS {
+                rules.insert(number(name)?, Vec::new());
+            }
+        }
+    }
 
     let numbers = rules
         .keys()
@@ -385,17 +409,20 @@ mod tests {
             .iter()
             .map(|d| d.name)
             .chain(profile::ENOSYS_SYSCALLS.iter().copied())
-            .chain(profile::PROCESS_GROUP_SYSCALLS.iter().copied());
+            .chain(profile::PROCESS_GROUP_SYSCALLS.iter().copied())
+            .chain(profile::FAST_OPEN_SYSCALLS.iter().map(|&(name, _)| name))
+            .chain(profile::TCP_SYSCALLS_WITHOUT_BIND_PORTS.iter().copied());
         for name in names {
             assert!(syscall_number(name).is_some(), "{name}");
         }
     }
 
     fn every_variant() -> impl Iterator<Item = Variant> {
-        (0..8u8).map(|bits| Variant {
+        (0..16u8).map(|bits| Variant {
             tcp: bits & 1 != 0,
             unix_sockets: bits & 2 != 0,
             lock_process_group: bits & 4 != 0,
+            tcp_bind: bits & 8 != 0,
         })
     }
 
@@ -442,7 +469,7 @@ mod tests {
         trace(program, data).0
     }
 
-    fn seccomp_data(nr: u32, arch: u32, args: [u64; 3]) -> [u8; 64] {
+    fn seccomp_data(nr: u32, arch: u32, args: [u64; 4]) -> [u8; 64] {
         let mut data = [0u8; 64];
         data[0..4].copy_from_slice(&nr.to_ne_bytes());
         data[4..8].copy_from_slice(&arch.to_ne_bytes());
@@ -454,7 +481,7 @@ mod tests {
 
     /// What the kernel must decide: the architecture and x32 kills, clone3 -> ENOSYS, and
     /// otherwise exactly what seccompiler's deny list decides on its own.
-    fn expected(deny: &[libc::sock_filter], nr: u32, arch: u32, args: [u64; 3]) -> u32 {
+    fn expected(deny: &[libc::sock_filter], nr: u32, arch: u32, args: [u64; 4]) -> u32 {
         if arch != AUDIT_ARCH || nr & X32_SYSCALL_BIT != 0 {
             return libc::SECCOMP_RET_KILL_PROCESS;
         }
@@ -480,6 +507,18 @@ mod tests {
             libc::SOCK_STREAM as u64 | libc::SOCK_CLOEXEC as u64,
             0x80_0002,
         ]);
+        // The third and fourth arguments: socket protocols, and MSG_FASTOPEN among other send
+        // flags where sendmsg (2) and sendto and sendmmsg (3) take their flags.
+        let fast_open = profile::MSG_FASTOPEN | 0x40;
+        let last_args = [
+            (0, 0),
+            (6, 0),
+            (17, 0),
+            (255, 0),
+            (fast_open, 0),
+            (0, fast_open),
+            (0x40, 0x40),
+        ];
         let foreign = 3 | 0x4000_0000;
         let mut checked = 0u64;
         for variant in every_variant() {
@@ -502,7 +541,7 @@ mod tests {
             numbers.extend([X32_SYSCALL_BIT, X32_SYSCALL_BIT | 59, u32::MAX]);
             for nr in numbers {
                 for arch in [AUDIT_ARCH, foreign] {
-                    let args = [0; 3];
+                    let args = [0; 4];
                     let got = program(&seccomp_data(nr, arch, args));
                     assert_eq!(
                         got,
@@ -515,8 +554,8 @@ mod tests {
             for &nr in &named {
                 for &a0 in &values {
                     for &a1 in &values {
-                        for &a2 in &[0, 6, 17, 255] {
-                            let args = [a0, a1, a2];
+                        for &(a2, a3) in &last_args {
+                            let args = [a0, a1, a2, a3];
                             let data = seccomp_data(nr, AUDIT_ARCH, args);
                             let want = expected(&deny, nr, AUDIT_ARCH, args);
                             assert_eq!(program(&data), want, "nr {nr} args {args:?}");
@@ -533,6 +572,7 @@ mod tests {
     fn allowed_syscalls_take_a_short_path() {
         let variant = Variant {
             tcp: false,
+            tcp_bind: false,
             unix_sockets: false,
             lock_process_group: true,
         };
@@ -545,7 +585,7 @@ mod tests {
             libc::SYS_execve,
             libc::SYS_getpid,
         ] {
-            let data = seccomp_data(nr as u32, AUDIT_ARCH, [0; 3]);
+            let data = seccomp_data(nr as u32, AUDIT_ARCH, [0; 4]);
             let (action, steps) = trace(&program, &data);
             assert_eq!(action, libc::SECCOMP_RET_ALLOW);
             assert!(steps <= 20, "syscall {nr}: {steps} instructions");

@@ -87,11 +87,17 @@ pub fn run(policy: Policy, argv: &[&str]) -> RunOutcome {
 
 /// Runs a python3 program with the strongest backend.
 pub fn python(policy: Policy, code: &str) -> RunOutcome {
+    python_on(&strongest(), policy, code)
+}
+
+/// Runs a python3 program with `sandbox`.
+pub fn python_on(sandbox: &Arc<dyn Sandbox>, policy: Policy, code: &str) -> RunOutcome {
     assert!(
         Path::new("/usr/bin/python3").exists(),
         "python3 is required: apt-get install -y python3"
     );
-    run(policy, &["python3", "-c", code])
+    let argv = vec!["python3".to_owned(), "-c".to_owned(), code.to_owned()];
+    run_on(sandbox, RunRequest::new(argv, policy).expect("request"))
 }
 
 /// A directory outside every grant that the run uid could otherwise use (mode 0777 so that
@@ -147,7 +153,12 @@ def sys_call(nr, *args):
 
 /// Runs `code` after [`PRELUDE`].
 pub fn attack(policy: Policy, code: &str) -> RunOutcome {
-    python(policy, &format!("{PRELUDE}\n{code}"))
+    attack_on(&strongest(), policy, code)
+}
+
+/// Runs `code` after [`PRELUDE`] with `sandbox`.
+pub fn attack_on(sandbox: &Arc<dyn Sandbox>, policy: Policy, code: &str) -> RunOutcome {
+    python_on(sandbox, policy, &format!("{PRELUDE}\n{code}"))
 }
 
 /// Pids of live processes whose command line contains `marker`.

@@ -352,8 +352,40 @@ timeout_ms = 5000
         "443",
         "clone3",
         "5000",
+        "pidfd_getfd",
+        "process_madvise",
+        "kcmp",
+        "sendto & MSG_FASTOPEN",
+        "sendmsg & MSG_FASTOPEN",
+        "sendmmsg & MSG_FASTOPEN",
+        "listen               EPERM",
     ] {
         assert!(text.contains(needle), "{needle} missing from\n{text}");
+    }
+    assert!(!text.contains("not enforced"), "{text}");
+
+    // With a bind port allowed, listen stays, and the profile says what that leaves open.
+    let spec = PolicySpec::from_toml("[network]\nmode = \"tcp\"\nbind_ports = [8080]\n").unwrap();
+    let text = sandbox_linux::render_linux_profile(&policy(spec));
+    assert!(!text.contains("listen               EPERM"), "{text}");
+    assert!(
+        text.contains("not enforced: listen() on an unbound socket"),
+        "{text}"
+    );
+}
+
+#[test]
+fn the_network_layer_says_what_it_does_not_stop() {
+    let caps = strongest().capabilities();
+    let network = &caps.layers["network"];
+    if kernel_landlock_abi() >= 4 {
+        assert!(network.contains("TCP Fast Open sends refused"), "{network}");
+        assert!(
+            network.contains("not enforced: with bind ports allowed, listen on an unbound socket"),
+            "{network}"
+        );
+    } else {
+        assert!(network.contains("TCP ports not restricted"), "{network}");
     }
 }
 

@@ -1,6 +1,6 @@
 //! The seccomp deny list, exercised by real syscalls.
 
-use sandbox_core::PolicySpec;
+use sandbox_core::{PolicySpec, Technology};
 
 use crate::*;
 
@@ -103,4 +103,63 @@ fn an_x32_syscall_kills_the_process() {
     assert_eq!(out.signal, Some(libc::SIGSYS), "{}", stdout(&out));
     assert!(out.violations.contains(&"seccomp_kill".to_owned()));
     assert!(!stdout(&out).contains("survived"));
+}
+
+/// Reaches into another process of the run: takes its stdout with `pidfd_getfd`, compares
+/// descriptors with `kcmp`, and advises memory through a pidfd with `process_madvise`.
+fn process_access_code() -> String {
+    format!(
+        r#"import mmap, signal, time
+pid = os.fork()
+if pid == 0:
+    time.sleep(30)
+    os._exit(0)
+child = os.pidfd_open(pid)
+sys_call({pidfd_getfd}, child, 1, 0)
+sys_call({kcmp}, os.getpid(), pid, 0, 1, 1)
+class iovec(ctypes.Structure):
+    _fields_ = [('base', ctypes.c_void_p), ('len', ctypes.c_size_t)]
+page = mmap.mmap(-1, mmap.PAGESIZE)
+iov = iovec(ctypes.addressof(ctypes.c_char.from_buffer(page)), mmap.PAGESIZE)
+sys_call({process_madvise}, os.pidfd_open(os.getpid()), ctypes.addressof(iov), 1, 20, 0)
+os.kill(pid, signal.SIGKILL)
+os.waitpid(pid, 0)
+"#,
+        pidfd_getfd = libc::SYS_pidfd_getfd,
+        kcmp = libc::SYS_kcmp,
+        process_madvise = libc::SYS_process_madvise,
+    )
+}
+
+#[test]
+fn process_access_syscalls_are_denied() {
+    // Denied under the seccomp-only backend too, where no Landlock domain limits whom the run
+    // may inspect.
+    for sandbox in [strongest(), backend(Technology::Seccomp)] {
+        let technology = sandbox.technology();
+        let out = attack_on(
+            &sandbox,
+            policy(PolicySpec::default()),
+            &process_access_code(),
+        );
+        assert!(out.enforcement.seccomp);
+        assert_eq!(
+            stdout(&out),
+            "DENIED EPERM\nDENIED EPERM\nDENIED EPERM\n",
+            "{technology:?}: {}",
+            stderr(&out)
+        );
+    }
+    // Positive control: unfiltered, each call works on the run's own processes.
+    let out = attack_on(
+        &backend(Technology::None),
+        policy(PolicySpec::default()),
+        &process_access_code(),
+    );
+    let text = stdout(&out);
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines.len(), 3, "{text}{}", stderr(&out));
+    assert!(lines[0].starts_with("ALLOWED "), "{text}");
+    assert_eq!(lines[1], "ALLOWED 0", "{text}");
+    assert_eq!(lines[2], "ALLOWED 4096", "{text}");
 }
