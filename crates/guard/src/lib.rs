@@ -10,7 +10,8 @@
 //!   contain any such address.
 //! - [`check_command`] and [`check_argv`] flag dangerous shell commands. They are advisory: the
 //!   sandbox is the enforcement.
-//! - [`scan_text`] finds prompt-injection attempts in tool output and returns a redacted copy.
+//! - [`scan_text`] finds prompt-injection attempts in tool output and returns a redacted copy;
+//!   it lists at most [`MAX_FINDINGS`] findings, and says when it left some out.
 //!
 //! Every finding carries a [`Category`] whose [`Category::as_str`] is a stable snake_case string
 //! that callers may pass through to clients.
@@ -26,7 +27,7 @@ mod ssrf;
 pub use command::{CommandVerdict, check_argv, check_command};
 pub use finding::{Category, Finding};
 pub use path::{PathError, PathVerdict, check_path};
-pub use scan::{ScanReport, scan_text};
+pub use scan::{MAX_FINDINGS, ScanReport, scan_text};
 pub use ssrf::{
     DEFAULT_SCHEMES, ForbiddenAddress, Resolve, SystemResolver, UrlChecker, UrlRefusal, UrlVerdict,
     classify_ip,

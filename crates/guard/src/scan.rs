@@ -8,6 +8,7 @@
 //! spellings). Base64 runs and Unicode tag
 //! characters are decoded and scanned again.
 
+use std::collections::BTreeMap;
 use std::sync::LazyLock;
 
 use base64::Engine as _;
@@ -23,25 +24,37 @@ const MAX_DEPTH: usize = 2;
 const BASE64_MIN: usize = 16;
 const BASE64_MAX: usize = 64 * 1024;
 
+/// The most findings a [`ScanReport`] lists. A few megabytes of repeated phrases hold hundreds
+/// of thousands of findings, an answer several times larger than the text itself; the first
+/// thousand by position show what was found and where, and the redacted text still covers every
+/// finding.
+pub const MAX_FINDINGS: usize = 1000;
+
 /// The result of [`scan_text`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ScanReport {
     /// True when at least one finding was reported.
     pub suspicious: bool,
-    /// What was found, sorted by position, with byte ranges into the original text.
+    /// What was found, sorted by position, with byte ranges into the original text: the first
+    /// [`MAX_FINDINGS`] of them.
     pub findings: Vec<Finding>,
-    /// The text with every finding replaced by `[REDACTED:<category>]` and hidden characters
-    /// removed.
+    /// True when there were more than [`MAX_FINDINGS`] findings and the rest were left out.
+    pub findings_truncated: bool,
+    /// The text with every finding, listed or not, replaced by `[REDACTED:<category>]` and
+    /// hidden characters removed.
     pub redacted: String,
 }
 
 /// Scans `text` for prompt injection.
 pub fn scan_text(text: &str) -> ScanReport {
-    let findings = scan(text, 0);
+    let mut findings = scan(text, 0);
     let redacted = redact(text, &findings);
+    let findings_truncated = findings.len() > MAX_FINDINGS;
+    findings.truncate(MAX_FINDINGS);
     ScanReport {
         suspicious: !findings.is_empty(),
         findings,
+        findings_truncated,
         redacted,
     }
 }
@@ -346,26 +359,26 @@ fn scan(text: &str, depth: usize) -> Vec<Finding> {
             end,
         ));
     }
-    let mut matched: Vec<Finding> = Vec::new();
+    let mut covered = Covered::default();
     for (category, reason, regex) in &compiled.folded {
         for m in regex.find_iter(&folded.text) {
             let (start, end) = folded.original(m.start(), m.end());
-            matched.push(Finding::new(*category, *reason, start, end));
+            covered.insert(*category, start, end);
+            findings.push(Finding::new(*category, *reason, start, end));
         }
     }
+    // A squashed match is reported only where no match of its category, folded or squashed,
+    // already overlaps it: the squashed form mostly finds the same phrases again.
     let squashed = normalize(text, true);
     for (category, reason, regex) in &compiled.squashed {
         for m in regex.find_iter(&squashed.text) {
             let (start, end) = squashed.original(m.start(), m.end());
-            let known = matched
-                .iter()
-                .any(|f| f.category == *category && f.start < end && start < f.end);
-            if !known {
-                matched.push(Finding::new(*category, *reason, start, end));
+            if !covered.overlaps(*category, start, end) {
+                covered.insert(*category, start, end);
+                findings.push(Finding::new(*category, *reason, start, end));
             }
         }
     }
-    findings.extend(matched);
 
     if depth < MAX_DEPTH {
         for m in compiled.base64.find_iter(text) {
@@ -392,6 +405,40 @@ fn scan(text: &str, depth: usize) -> Vec<Finding> {
     findings.sort_by_key(|f| (f.start, f.end, f.category));
     findings.dedup_by(|a, b| a.category == b.category && a.start == b.start && a.end == b.end);
     findings
+}
+
+/// The byte ranges of the original text matched so far, per category, merged into disjoint
+/// ranges. Disjoint ranges sorted by start are sorted by end too, so whether a new range
+/// overlaps any of them is one lookup of the last range starting before it ends: the scan stays
+/// n log n in the number of matches where comparing each match with all earlier ones was
+/// quadratic, and took seconds for a few megabytes of repeated phrases.
+#[derive(Default)]
+struct Covered(BTreeMap<(Category, usize), usize>);
+
+impl Covered {
+    /// The last range of `category` that starts before `end`, as (start, end).
+    fn last_before(&self, category: Category, end: usize) -> Option<(usize, usize)> {
+        self.0
+            .range((category, 0)..(category, end))
+            .next_back()
+            .map(|(&(_, s), &e)| (s, e))
+    }
+
+    /// Whether `start..end` overlaps a range of `category`.
+    fn overlaps(&self, category: Category, start: usize, end: usize) -> bool {
+        self.last_before(category, end)
+            .is_some_and(|(_, e)| e > start)
+    }
+
+    /// Adds `start..end` to `category`, merging the ranges it overlaps.
+    fn insert(&mut self, category: Category, mut start: usize, mut end: usize) {
+        while let Some((s, e)) = self.last_before(category, end).filter(|&(_, e)| e > start) {
+            self.0.remove(&(category, s));
+            start = start.min(s);
+            end = end.max(e);
+        }
+        self.0.insert((category, start), end);
+    }
 }
 
 fn dedupe_categories(findings: Vec<Finding>) -> Vec<Category> {

@@ -42,13 +42,13 @@ impl Ceiling {
     /// Validates the operator's settings: absolute normalized paths, limits within bounds and
     /// defaults within the maximum.
     pub fn new(config: CeilingConfig) -> Result<Self, PolicyError> {
-        let paths = |raw: &[String]| -> Result<Vec<PathBuf>, PolicyError> {
-            raw.iter().map(|p| normalized_path(p)).collect()
+        let paths = |field: &'static str, raw: &[String]| -> Result<Vec<PathBuf>, PolicyError> {
+            raw.iter().map(|p| normalized_path(field, p)).collect()
         };
         config.max.validate()?;
         config.defaults.validate()?;
         config.defaults.check_within(&config.max)?;
-        let mut forbidden = paths(&config.forbidden)?;
+        let mut forbidden = paths("forbidden", &config.forbidden)?;
         // The canonical form of a forbidden path is forbidden too, so that a forbidden path
         // given through a symlink (for example /var/run -> /run) is still recognized.
         let canonical: Vec<PathBuf> = forbidden
@@ -59,8 +59,8 @@ impl Ceiling {
         forbidden.sort();
         forbidden.dedup();
         Ok(Ceiling {
-            read_roots: paths(&config.read_roots)?,
-            write_roots: paths(&config.write_roots)?,
+            read_roots: paths("read_roots", &config.read_roots)?,
+            write_roots: paths("write_roots", &config.write_roots)?,
             forbidden,
             max: config.max,
             defaults: config.defaults,

@@ -34,7 +34,7 @@ pub use policy::{
 };
 pub use report::{Capabilities, Containment, EnforcementReport, LandlockStatus};
 pub use run::{
-    CapturedOutput, OutputChunk, OutputStream, RequestError, RunOptions, RunOutcome, RunRequest,
-    Usage,
+    CapturedOutput, MAX_ARG_STRLEN, MAX_ARG_TOTAL, OutputChunk, OutputStream, RequestError,
+    RunOptions, RunOutcome, RunRequest, Usage,
 };
 pub use sandbox::{RunError, RunFuture, Sandbox, Technology, UnknownTechnology};

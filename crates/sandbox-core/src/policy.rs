@@ -100,19 +100,24 @@ impl PolicySpec {
 /// Errors building a [`Policy`] or admitting it under a [`Ceiling`](crate::Ceiling).
 ///
 /// Every variant is the client's fault (the server maps them to `INVALID_ARGUMENT`) and names
-/// the offending path or field.
+/// the offending field, and the path or value in it.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum PolicyError {
     /// A path is relative.
-    #[error("path is not absolute: {path}")]
+    #[error("{field}: path is not absolute: {path}")]
     RelativePath {
+        /// The field that holds the path: `read_paths`, `write_paths`, `cwd`, or for a
+        /// [`Ceiling`](crate::Ceiling) `read_roots`, `write_roots` or `forbidden`.
+        field: &'static str,
         /// The offending path.
         path: String,
     },
     /// A path contains `.` or `..` components, a doubled or trailing slash, or NUL.
-    #[error("path is not normalized: {path}")]
+    #[error("{field}: path is not normalized: {path}")]
     UnnormalizedPath {
+        /// The field that holds the path, as for [`PolicyError::RelativePath`].
+        field: &'static str,
         /// The offending path.
         path: String,
     },
@@ -346,12 +351,12 @@ impl Policy {
         let read_paths = spec
             .read_paths
             .iter()
-            .map(|p| normalized_path(p))
+            .map(|p| normalized_path("read_paths", p))
             .collect::<Result<Vec<_>, _>>()?;
         let write_paths = spec
             .write_paths
             .iter()
-            .map(|p| normalized_path(p))
+            .map(|p| normalized_path("write_paths", p))
             .collect::<Result<Vec<_>, _>>()?;
         let network = match spec.network.mode {
             NetworkMode::None => {
@@ -433,18 +438,20 @@ fn ports(field: &'static str, raw: &[u32]) -> Result<BTreeSet<u16>, PolicyError>
         .collect()
 }
 
-/// Validates that `raw` is absolute and normalized and returns it as a path.
+/// Validates that `raw`, given in `field`, is absolute and normalized and returns it as a path.
 ///
 /// Normalized means: no `.` or `..` component, no empty component (doubled slash), no
 /// trailing slash except for `/` itself, and no NUL byte. The check is textual on purpose:
 /// the policy must mean the same thing whatever the file system looks like when it is built.
-pub fn normalized_path(raw: &str) -> Result<PathBuf, PolicyError> {
+pub fn normalized_path(field: &'static str, raw: &str) -> Result<PathBuf, PolicyError> {
     if !raw.starts_with('/') {
         return Err(PolicyError::RelativePath {
+            field,
             path: raw.to_owned(),
         });
     }
     let unnormalized = || PolicyError::UnnormalizedPath {
+        field,
         path: raw.to_owned(),
     };
     if raw.contains('\0') {
@@ -471,8 +478,8 @@ mod tests {
 
     #[test]
     fn normalized_paths_are_checked_textually() {
-        assert!(normalized_path("/").is_ok());
-        assert!(normalized_path("/usr/lib").is_ok());
+        assert!(normalized_path("read_paths", "/").is_ok());
+        assert!(normalized_path("read_paths", "/usr/lib").is_ok());
         for bad in [
             "/usr/../etc",
             "/usr/./lib",
@@ -483,15 +490,16 @@ mod tests {
         ] {
             assert!(
                 matches!(
-                    normalized_path(bad),
+                    normalized_path("read_paths", bad),
                     Err(PolicyError::UnnormalizedPath { .. })
                 ),
                 "{bad:?}"
             );
         }
         assert_eq!(
-            normalized_path("usr/lib"),
+            normalized_path("write_paths", "usr/lib"),
             Err(PolicyError::RelativePath {
+                field: "write_paths",
                 path: "usr/lib".into()
             })
         );

@@ -1,6 +1,6 @@
 use sandbox_core::{
-    Limits, LimitsSpec, NetworkMode, NetworkPolicy, NetworkSpec, Policy, PolicyError,
-    PolicyFileError, PolicySpec, RequestError, RunRequest,
+    Limits, LimitsSpec, MAX_ARG_STRLEN, MAX_ARG_TOTAL, NetworkMode, NetworkPolicy, NetworkSpec,
+    Policy, PolicyError, PolicyFileError, PolicySpec, RequestError, RunRequest,
 };
 
 #[test]
@@ -23,6 +23,35 @@ fn relative_and_dotted_paths_are_rejected_by_name() {
         let err = Policy::new(&spec).unwrap_err();
         assert!(err.to_string().contains(path), "{err}");
         assert_eq!(matches!(err, PolicyError::RelativePath { .. }), relative);
+    }
+}
+
+#[test]
+fn path_errors_name_their_field() {
+    let read = PolicySpec {
+        read_paths: vec!["/srv/in".into(), "rel".into()],
+        ..PolicySpec::default()
+    };
+    let write = PolicySpec {
+        write_paths: vec!["/srv//out".into()],
+        ..PolicySpec::default()
+    };
+    assert_eq!(
+        Policy::new(&read).unwrap_err().to_string(),
+        "read_paths: path is not absolute: rel"
+    );
+    assert_eq!(
+        Policy::new(&write).unwrap_err().to_string(),
+        "write_paths: path is not normalized: /srv//out"
+    );
+    let req = RunRequest::new(vec!["true".into()], Policy::default()).unwrap();
+    for (cwd, message) in [
+        ("rel", "cwd: path is not absolute: rel"),
+        ("/srv/../x", "cwd: path is not normalized: /srv/../x"),
+    ] {
+        let err = req.clone().with_cwd(cwd).unwrap_err();
+        assert!(matches!(err, RequestError::InvalidCwd(_)), "{err:?}");
+        assert_eq!(err.to_string(), message);
     }
 }
 
@@ -146,4 +175,125 @@ fn requests_validate_env_and_cwd() {
         req.with_cwd("/srv/out/../x"),
         Err(RequestError::InvalidCwd(_))
     ));
+}
+
+#[test]
+fn requests_name_the_argument_the_kernel_would_refuse() {
+    let policy = Policy::default();
+    let new = |argv: &[&str]| {
+        RunRequest::new(argv.iter().map(|&a| a.to_owned()).collect(), policy.clone())
+    };
+    let err = new(&[""]).unwrap_err();
+    assert_eq!(err, RequestError::EmptyProgram);
+    assert!(err.to_string().starts_with("argv[0]"), "{err}");
+    assert!(
+        new(&["sh", ""]).is_ok(),
+        "only the program must not be empty"
+    );
+    assert_eq!(
+        new(&["sh", "a\0b"]).unwrap_err(),
+        RequestError::NulInArgument { index: 1 }
+    );
+
+    let longest = "a".repeat(MAX_ARG_STRLEN - 1);
+    let too_long = "a".repeat(MAX_ARG_STRLEN);
+    assert!(new(&["echo", &longest]).is_ok());
+    let err = new(&["echo", "x", &too_long]).unwrap_err();
+    assert_eq!(
+        err,
+        RequestError::ArgumentTooLong {
+            index: 2,
+            len: MAX_ARG_STRLEN
+        }
+    );
+    assert!(
+        err.to_string().starts_with("argv[2] is 131072 bytes"),
+        "{err}"
+    );
+    let many: Vec<&str> =
+        std::iter::repeat_n(longest.as_str(), MAX_ARG_TOTAL / MAX_ARG_STRLEN + 1).collect();
+    let err = new(&many).unwrap_err();
+    assert!(matches!(err, RequestError::ArgvTooLarge { .. }), "{err:?}");
+    assert!(err.to_string().starts_with("argv takes"), "{err}");
+
+    let req = new(&["sh"]).unwrap();
+    let err = req
+        .clone()
+        .with_env("BIG", "v".repeat(200_000))
+        .unwrap_err();
+    assert_eq!(
+        err,
+        RequestError::EnvTooLong {
+            name: "BIG".into(),
+            len: 200_004
+        }
+    );
+    assert!(
+        err.to_string().starts_with("env[BIG] is 200004 bytes"),
+        "{err}"
+    );
+    assert_eq!(
+        req.clone().with_env("A", "x\0").unwrap_err().to_string(),
+        "env[A] contains a nul byte"
+    );
+    // NAME=value with its NUL is exactly MAX_ARG_STRLEN; three such variables fit in
+    // MAX_ARG_TOTAL and a fourth does not, while replacing one takes no more room.
+    let value = "v".repeat(MAX_ARG_STRLEN - "BIG=".len() - 1);
+    let req = req.with_env("BIG", value.clone()).unwrap();
+    let req = req.with_env("BIG", value.clone()).unwrap();
+    let req = req.with_env("BIA", value.clone()).unwrap();
+    let req = req.with_env("BIB", value.clone()).unwrap();
+    let err = req.with_env("BIC", value).unwrap_err();
+    assert!(
+        matches!(&err, RequestError::EnvTooLarge { name, total } if name == "BIC" && *total > MAX_ARG_TOTAL),
+        "{err:?}"
+    );
+    assert!(
+        err.to_string()
+            .starts_with("env[BIC] brings argv and env to"),
+        "{err}"
+    );
+}
+
+/// The limits are the kernel's: one string more is refused by `execve` itself, and a request at
+/// both limits executes.
+#[cfg(target_os = "linux")]
+#[test]
+fn the_argument_limits_match_the_kernel() {
+    use std::process::{Command, Stdio};
+
+    let run = |args: &[String], env: &[(String, String)]| {
+        Command::new("/bin/true")
+            .args(args)
+            .env_clear()
+            .envs(env.iter().cloned())
+            .stdin(Stdio::null())
+            .status()
+    };
+    let longest = "a".repeat(MAX_ARG_STRLEN - 1);
+    assert!(run(std::slice::from_ref(&longest), &[]).unwrap().success());
+    let err = run(&["a".repeat(MAX_ARG_STRLEN)], &[]).unwrap_err();
+    assert_eq!(err.raw_os_error(), Some(7), "{err}"); // E2BIG
+    let value = "v".repeat(MAX_ARG_STRLEN - "BIG=".len() - 1);
+    assert!(
+        run(&[], &[("BIG".into(), value.clone())])
+            .unwrap()
+            .success()
+    );
+    let err = run(&[], &[("BIG".into(), value + "v")]).unwrap_err();
+    assert_eq!(err.raw_os_error(), Some(7), "{err}");
+
+    // A request filled up to MAX_ARG_TOTAL runs: the kernel takes what the limits accept.
+    let argv = vec!["/bin/true".to_owned()];
+    let mut req = RunRequest::new(argv, Policy::default()).unwrap();
+    for i in 0.. {
+        match req.clone().with_env(format!("V{i}"), "v".repeat(4000)) {
+            Ok(next) => req = next,
+            Err(RequestError::EnvTooLarge { .. }) => break,
+            Err(e) => panic!("{e}"),
+        }
+    }
+    assert!(req.env().len() > MAX_ARG_TOTAL / 4100);
+    let env: Vec<(String, String)> = req.env().clone().into_iter().collect();
+    assert!(run(&[], &env).unwrap().success());
 }

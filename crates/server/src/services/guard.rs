@@ -168,12 +168,17 @@ impl pb::guard_server::Guard for GuardService {
         let text = request.get_ref().text.clone();
         let report = blocking(move || guard::scan_text(&text)).await?;
         notes::note(&request, |n| {
-            n.summary = Some(format!("{} text findings", report.findings.len()));
+            n.summary = Some(format!(
+                "{}{} text findings",
+                report.findings.len(),
+                if report.findings_truncated { "+" } else { "" }
+            ));
         });
         Ok(Response::new(pb::ScanTextResponse {
             suspicious: report.suspicious,
             findings: report.findings.into_iter().map(finding).collect(),
             redacted: report.redacted,
+            findings_truncated: report.findings_truncated,
         }))
     }
 }

@@ -417,11 +417,13 @@ fn response(
     include_output: bool,
 ) -> pb::RunResponse {
     let mut findings = Vec::new();
+    let mut findings_truncated = false;
     let mut stdout = outcome.stdout.bytes;
     let mut stderr = outcome.stderr.bytes;
     if scan {
         for (name, bytes) in [("stdout", &mut stdout), ("stderr", &mut stderr)] {
             let report = guard::scan_text(&String::from_utf8_lossy(bytes));
+            findings_truncated |= report.findings_truncated;
             findings.extend(report.findings.iter().map(|f| pb::Finding {
                 category: f.category.as_str().to_owned(),
                 reason: f.reason.clone(),
@@ -456,6 +458,7 @@ fn response(
         violations: outcome.violations,
         findings,
         trust_level: level.as_str().to_owned(),
+        findings_truncated,
     }
 }
 

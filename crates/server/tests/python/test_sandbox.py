@@ -483,7 +483,26 @@ def test_bad_input_names_the_path():
     for pol, path in cases:
         e = expect_code(lambda: run(["true"], pol), grpc.StatusCode.INVALID_ARGUMENT)
         assert path in e.details(), (path, e.details())
+    expect_code(lambda: run(["true"], policy(read=["rel"])), grpc.StatusCode.INVALID_ARGUMENT,
+                "read_paths: path is not absolute: rel")
+    expect_code(lambda: run(["true"], policy(write=[RO + "//w"])), grpc.StatusCode.INVALID_ARGUMENT,
+                "write_paths: path is not normalized")
+    expect_code(lambda: run(["true"], cwd="rel"), grpc.StatusCode.INVALID_ARGUMENT,
+                "cwd: path is not absolute: rel")
     expect_code(lambda: run([]), grpc.StatusCode.INVALID_ARGUMENT, "argv")
+    expect_code(lambda: run([""]), grpc.StatusCode.INVALID_ARGUMENT, "argv[0] is empty")
+    expect_code(lambda: run(["echo", "a\0b"]), grpc.StatusCode.INVALID_ARGUMENT, "argv[1]")
+    expect_code(lambda: run(["true"], env={"A": "x\0"}), grpc.StatusCode.INVALID_ARGUMENT, "env[A]")
+    # Beyond the kernel's limits for one string and for all of them: refused as the client's
+    # error naming the field, not FAILED_PRECONDITION from execve's E2BIG.
+    expect_code(lambda: run(["sh", "-c", "true"], env={"BIG": "v" * 200_000}),
+                grpc.StatusCode.INVALID_ARGUMENT, "env[BIG] is 200004 bytes")
+    expect_code(lambda: run(["echo", "x", "a" * 200_000]), grpc.StatusCode.INVALID_ARGUMENT,
+                "argv[2] is 200000 bytes")
+    expect_code(lambda: run(["echo"] + ["a" * 100_000] * 8), grpc.StatusCode.INVALID_ARGUMENT,
+                "argv takes")
+    expect_code(lambda: run(["true"], env={f"V{i}": "v" * 100_000 for i in range(8)}),
+                grpc.StatusCode.INVALID_ARGUMENT, "brings argv and env to")
     expect_code(lambda: run(["true"], cwd="/tmp"), grpc.StatusCode.INVALID_ARGUMENT)
     expect_code(lambda: run(["true"], policy(limits={"timeout_ms": 10 ** 12})),
                 grpc.StatusCode.INVALID_ARGUMENT, "timeout_ms")
