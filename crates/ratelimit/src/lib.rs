@@ -20,10 +20,12 @@ mod stats;
 pub use limit::{Algorithm, Decision, Limit, LimitError, MAX_LOG_LIMIT, MAX_SCALED};
 pub use limiter::{
     BuildError, CheckError, CheckFuture, Descriptor, INLINE, Limiter, LimiterConfig, MultiDecision,
-    ResetError, Target,
+    ResetError, Target, identity_prefix,
 };
-pub use memory::{MemoryBackend, MemoryConfig, MemoryItem};
-pub use policy::{Backend, FailureMode, Override, Policy, PolicyError, PolicySet, TOOL_DEFAULTS};
+pub use memory::{CapacityError, MemoryBackend, MemoryConfig, MemoryItem, Owner};
+pub use policy::{
+    Backend, DEFAULT_TOOL, FailureMode, Override, Policy, PolicyError, PolicySet, TOOL_DEFAULTS,
+};
 pub use redis::{
     DECIDE_SCRIPT, RedisBackend, RedisConfig, RedisError, RedisItem, RedisSetupError, ScriptCall,
     decide_script_sha, hash_tag,

@@ -1,5 +1,6 @@
 //! The limiter: resolves policies, routes to a backend, applies failure modes, counts.
 
+use std::borrow::Cow;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -10,8 +11,8 @@ use std::time::Duration;
 use arc_swap::ArcSwap;
 
 use crate::limit::{Decision, Limit};
-use crate::memory::{MemoryBackend, MemoryConfig, MemoryItem};
-use crate::policy::{Backend, FailureMode, Policy, PolicySet};
+use crate::memory::{CapacityError, MemoryBackend, MemoryConfig, MemoryItem, Owner};
+use crate::policy::{Backend, DEFAULT_TOOL, FailureMode, Policy, PolicySet};
 use crate::redis::{RedisBackend, RedisConfig, RedisError, RedisItem, RedisSetupError, hash_tag};
 use crate::stats::{Counters, PolicyStats};
 
@@ -45,6 +46,10 @@ pub struct Descriptor<'a> {
     pub key: &'a str,
     pub cost: u64,
     pub target: Target<'a>,
+    /// Who a new in-memory key is charged to. Descriptors built without
+    /// [`Descriptor::owned_by`] belong to the empty identity and share its quota, so that
+    /// a forgotten owner never reaches the server's reserved capacity.
+    pub owner: Owner<'a>,
 }
 
 impl<'a> Descriptor<'a> {
@@ -57,6 +62,7 @@ impl<'a> Descriptor<'a> {
                 identity: None,
                 tool: None,
             },
+            owner: Owner::Identity(""),
         }
     }
 
@@ -65,7 +71,14 @@ impl<'a> Descriptor<'a> {
             key,
             cost,
             target: Target::Inline(limit),
+            owner: Owner::Identity(""),
         }
+    }
+
+    /// Sets who a new key is charged to.
+    pub fn owned_by(mut self, owner: Owner<'a>) -> Self {
+        self.owner = owner;
+        self
     }
 
     /// Sets the identity and tool used to pick a policy override.
@@ -104,6 +117,9 @@ pub enum CheckError {
     MixedBackends,
     #[error("a multi-key check on redis cluster needs keys with one hash tag, got {0} and {1}")]
     CrossSlot(String, String),
+    /// A new key did not fit; nothing was consumed.
+    #[error(transparent)]
+    Capacity(#[from] CapacityError),
 }
 
 /// Why a limiter could not be built or reloaded.
@@ -128,6 +144,7 @@ pub enum ResetError {
 
 /// One resolved descriptor.
 struct Resolved<'a> {
+    owner: Owner<'a>,
     key: &'a str,
     cost: u64,
     namespace: &'a str,
@@ -228,21 +245,34 @@ impl Limiter {
             Err(e) => return CheckFuture::Ready(std::future::ready(Err(e))),
         };
         if r.backend == Backend::Memory {
-            let decision = self.memory.check(r.namespace, r.key, &r.limit, r.cost);
-            r.counters.record(decision.allowed);
-            return CheckFuture::Ready(std::future::ready(Ok(decision)));
+            let decision = self
+                .memory
+                .check(r.owner, r.namespace, r.key, &r.limit, r.cost)
+                .map_err(CheckError::from);
+            if let Ok(d) = &decision {
+                r.counters.record(d.allowed);
+            }
+            return CheckFuture::Ready(std::future::ready(decision));
         }
         drop(set);
         CheckFuture::Remote(Box::pin(async move {
             // Resolved again under a guard that lives across the round trip.
             let set = self.policies.load();
             let r = self.resolve(&set, d)?;
-            let many = self.check_redis(std::slice::from_ref(&r)).await;
+            let many = self.check_redis(std::slice::from_ref(&r)).await?;
             Ok(many.decisions[0])
         }))
     }
 
-    /// Decides a tool call: the tool's policy with key `identity:tool`.
+    /// Decides a tool call, or answers `None` when no policy limits the tool.
+    ///
+    /// A tool with its own policy is checked with key `<identity>:<tool>`. Every other
+    /// tool, the empty name included, falls to the policy of [`DEFAULT_TOOL`] with the
+    /// one key `<identity>:default`: the tool name is the caller's choice, so a bucket per
+    /// name would let a caller mint fresh quota by inventing names. The identity is
+    /// written as [`identity_prefix`] writes it, so these are the buckets the caller
+    /// reaches through a scoped key. The keys are the server's own and are stored in its
+    /// reserved capacity, which no caller's keys can fill.
     pub async fn check_tool(
         &self,
         identity: &str,
@@ -250,12 +280,17 @@ impl Limiter {
         cost: u64,
     ) -> Result<Option<Decision>, CheckError> {
         let set = self.policies.load();
-        let Some(policy) = set.tool_policy(tool) else {
-            return Ok(None);
+        let (policy, bucket, override_tool) = match set.own_tool_policy(tool) {
+            Some(policy) => (policy, tool, Some(tool)),
+            None => match set.default_tool_policy() {
+                Some(policy) => (policy, DEFAULT_TOOL, None),
+                None => return Ok(None),
+            },
         };
-        let key = format!("{identity}:{tool}");
-        let d =
-            Descriptor::policy(&key, cost, policy.name()).for_caller(Some(identity), Some(tool));
+        let key = format!("{}:{bucket}", identity_prefix(identity));
+        let d = Descriptor::policy(&key, cost, policy.name())
+            .for_caller(Some(identity), override_tool)
+            .owned_by(Owner::Server);
         self.check(&d).await.map(Some)
     }
 
@@ -280,7 +315,7 @@ impl Limiter {
             return Err(CheckError::MixedBackends);
         }
         if first.backend == Backend::Memory {
-            let (allowed, decisions) = self.memory.check_many(&memory_items(&resolved));
+            let (allowed, decisions) = self.memory.check_many(&memory_items(&resolved))?;
             for (r, d) in resolved.iter().zip(&decisions) {
                 r.counters.record(d.allowed && allowed);
             }
@@ -295,10 +330,10 @@ impl Limiter {
                 ));
             }
         }
-        Ok(self.check_redis(&resolved).await)
+        self.check_redis(&resolved).await
     }
 
-    async fn check_redis(&self, resolved: &[Resolved<'_>]) -> MultiDecision {
+    async fn check_redis(&self, resolved: &[Resolved<'_>]) -> Result<MultiDecision, CheckError> {
         let Some(redis) = &self.redis else {
             unreachable!("policies using redis are refused when no redis backend is configured")
         };
@@ -316,7 +351,7 @@ impl Limiter {
                 for (r, d) in resolved.iter().zip(&decisions) {
                     r.counters.record(d.allowed && allowed);
                 }
-                MultiDecision { allowed, decisions }
+                Ok(MultiDecision { allowed, decisions })
             }
             Err(e) => {
                 tracing::debug!(error = %e, "redis rate-limit check failed");
@@ -330,7 +365,11 @@ impl Limiter {
 
     /// The answer while Redis is unreachable: the strictest failure mode among the
     /// descriptors wins (closed, then local fallback, then open).
-    fn degraded(&self, resolved: &[Resolved<'_>], probe: Duration) -> MultiDecision {
+    fn degraded(
+        &self,
+        resolved: &[Resolved<'_>],
+        probe: Duration,
+    ) -> Result<MultiDecision, CheckError> {
         let mode = resolved
             .iter()
             .map(|r| r.failure_mode)
@@ -365,18 +404,18 @@ impl Limiter {
                 for r in resolved {
                     r.counters.fallbacks.fetch_add(1, Ordering::Relaxed);
                 }
-                let (allowed, decisions) = self.memory.check_many(&memory_items(resolved));
+                let (allowed, decisions) = self.memory.check_many(&memory_items(resolved))?;
                 for (r, d) in resolved.iter().zip(&decisions) {
                     r.counters.record(d.allowed && allowed);
                 }
-                return MultiDecision { allowed, decisions };
+                return Ok(MultiDecision { allowed, decisions });
             }
         };
         let allowed = mode == FailureMode::FailOpen;
         for r in resolved {
             r.counters.record(allowed);
         }
-        MultiDecision { allowed, decisions }
+        Ok(MultiDecision { allowed, decisions })
     }
 
     fn resolve<'a>(
@@ -386,6 +425,7 @@ impl Limiter {
     ) -> Result<Resolved<'a>, CheckError> {
         let r = match d.target {
             Target::Inline(limit) => Resolved {
+                owner: d.owner,
                 key: d.key,
                 cost: d.cost,
                 namespace: INLINE,
@@ -403,6 +443,7 @@ impl Limiter {
                     .get(name)
                     .ok_or_else(|| CheckError::UnknownPolicy(name.to_owned()))?;
                 Resolved {
+                    owner: d.owner,
                     key: d.key,
                     cost: d.cost,
                     namespace: p.name(),
@@ -459,6 +500,7 @@ fn memory_items<'a>(resolved: &'a [Resolved<'a>]) -> Vec<MemoryItem<'a>> {
     resolved
         .iter()
         .map(|r| MemoryItem {
+            owner: r.owner,
             namespace: r.namespace,
             key: r.key,
             limit: &r.limit,
@@ -472,4 +514,14 @@ fn check_backends(policies: &PolicySet, has_redis: bool) -> Result<(), BuildErro
         Some(p) if !has_redis => Err(BuildError::RedisNotConfigured(p.name().to_owned())),
         _ => Ok(()),
     }
+}
+
+/// How an identity begins the keys scoped to it: `<prefix>:<key>`. `%` and `:` are
+/// percent-encoded, so the first `:` of a scoped key always ends the identity and two
+/// identities can never produce the same key.
+pub fn identity_prefix(identity: &str) -> Cow<'_, str> {
+    if !identity.contains([':', '%']) {
+        return Cow::Borrowed(identity);
+    }
+    Cow::Owned(identity.replace('%', "%25").replace(':', "%3A"))
 }

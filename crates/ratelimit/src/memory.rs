@@ -1,10 +1,19 @@
-//! The in-memory backend: sharded maps, a monotonic clock, and a key cap.
+//! The in-memory backend: sharded maps, a monotonic clock, and key caps that keep one
+//! owner's keys from taking another's room.
+//!
+//! Every stored key has an [`Owner`]. Keys of the server's own limits live in capacity
+//! of their own (`server_keys`), which no caller's key can take; a caller's keys count
+//! against that identity's quota (`max_keys_per_identity`) and against the room shared
+//! by all callers (`max_keys`). A key that does not fit is refused with a
+//! [`CapacityError`], never with a denial: a denial would report a `retry_after` that
+//! belongs to nobody's limit, and would be counted as the limit's work.
 
 use std::hash::BuildHasher;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use hashbrown::{DefaultHashBuilder, HashTable};
+use hashbrown::{DefaultHashBuilder, HashMap, HashTable};
 use parking_lot::{Mutex, MutexGuard};
 
 use crate::algorithm::{RateAlgorithm, State};
@@ -15,8 +24,14 @@ use crate::limit::{Decision, Limit};
 pub struct MemoryConfig {
     /// Number of independently locked shards; rounded up to a power of two.
     pub shards: usize,
-    /// Most keys held at once, across all shards.
+    /// Most keys held at once for callers, all identities together.
     pub max_keys: usize,
+    /// Most keys one identity may hold at once. Below `max_keys`, so that no single
+    /// identity can take all the callers' room.
+    pub max_keys_per_identity: usize,
+    /// Keys set aside for the server's own limits ([`Owner::Server`]); callers' keys
+    /// never use them.
+    pub server_keys: usize,
     /// How often each shard drops keys whose state has returned to a fresh one.
     pub sweep_interval: Duration,
 }
@@ -26,14 +41,40 @@ impl Default for MemoryConfig {
         Self {
             shards: 64,
             max_keys: 1_000_000,
+            max_keys_per_identity: 10_000,
+            server_keys: 100_000,
             sweep_interval: Duration::from_secs(1),
         }
     }
 }
 
-/// A shard never rescans a full table more often than this, so a flood of new keys
-/// costs at most one scan per shard per interval.
+/// The table-wide sweep that a refused key triggers runs at most this often, so a flood
+/// of new keys costs at most one scan of every shard per interval.
 const FULL_SWEEP_GAP_US: u64 = 10_000;
+
+/// Who a key is held for, which decides the capacity a new key takes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Owner<'a> {
+    /// The server's own limits, such as Sandbox.Run's per-tool limits: keys that the
+    /// server chooses, bounded by identities times tools, kept in reserved capacity.
+    Server,
+    /// A key chosen by a caller, counted against this identity's quota.
+    Identity(&'a str),
+}
+
+/// Why a new key could not be stored. Keys already stored are decided as always.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum CapacityError {
+    #[error("identity {identity:?} already holds its quota of {quota} rate-limit keys")]
+    IdentityQuota { identity: String, quota: usize },
+    #[error("the rate-limit store already holds its maximum of {max} keys for callers")]
+    CallersFull { max: usize },
+    #[error(
+        "the rate-limit store already holds its maximum of {max} keys for the server's own limits"
+    )]
+    ServerFull { max: usize },
+}
 
 struct Entry {
     hash: u64,
@@ -41,6 +82,8 @@ struct Entry {
     key: Box<str>,
     state: State,
     expires_at: u64,
+    /// The identity charged for this key; `None` for the server's own keys.
+    owner: Option<Arc<str>>,
 }
 
 impl Entry {
@@ -58,25 +101,33 @@ const SEPARATOR: u8 = 0x1f;
 struct Table {
     map: HashTable<Entry>,
     next_sweep: u64,
-    next_full_sweep: u64,
-    earliest_expiry: u64,
 }
 
-impl Table {
-    fn sweep(&mut self, now: u64) {
-        let mut earliest = u64::MAX;
-        self.map.retain(|e| {
-            let keep = e.expires_at > now;
-            if keep {
-                earliest = earliest.min(e.expires_at);
-            }
-            keep
-        });
-        self.earliest_expiry = earliest;
-        // Give memory back after a flood instead of keeping the high-water mark.
-        if self.map.capacity() > 64 && self.map.len() * 4 < self.map.capacity() {
-            self.map.shrink_to(self.map.len() * 2, |e| e.hash);
+/// How many keys each owner holds, across all shards.
+#[derive(Default)]
+struct Accounts {
+    server: usize,
+    callers: usize,
+    per_identity: HashMap<Arc<str>, usize>,
+}
+
+/// The owners of keys a sweep or a reset removed, released from [`Accounts`] at once.
+#[derive(Default)]
+struct Released {
+    server: usize,
+    identities: Vec<Arc<str>>,
+}
+
+impl Released {
+    fn add(&mut self, owner: Option<&Arc<str>>) {
+        match owner {
+            Some(identity) => self.identities.push(Arc::clone(identity)),
+            None => self.server += 1,
         }
+    }
+
+    fn is_empty(&self) -> bool {
+        self.server == 0 && self.identities.is_empty()
     }
 }
 
@@ -91,20 +142,26 @@ struct Shard(Mutex<Table>);
 /// One item of an all-or-nothing in-memory check.
 #[derive(Debug, Clone, Copy)]
 pub struct MemoryItem<'a> {
+    pub owner: Owner<'a>,
     pub namespace: &'a str,
     pub key: &'a str,
     pub limit: &'a Limit,
     pub cost: u64,
 }
 
-/// Sharded in-memory state for every key. There is no global lock: a check locks the
-/// one shard its key hashes to.
+/// Sharded in-memory state for every key. There is no global lock on the decision
+/// path: a check locks the one shard its key hashes to, and only storing or dropping a
+/// key also takes the lock of the key counts, after the shard's.
 pub struct MemoryBackend {
     shards: Box<[Shard]>,
     mask: usize,
     hasher: DefaultHashBuilder,
-    per_shard_cap: usize,
+    accounts: Mutex<Accounts>,
+    max_callers: usize,
+    max_per_identity: usize,
+    max_server: usize,
     sweep_us: u64,
+    next_full_sweep: AtomicU64,
     clock: quanta::Clock,
     start: quanta::Instant,
     overflowed: AtomicU64,
@@ -114,7 +171,9 @@ impl std::fmt::Debug for MemoryBackend {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("MemoryBackend")
             .field("shards", &self.shards.len())
-            .field("per_shard_cap", &self.per_shard_cap)
+            .field("max_keys", &self.max_callers)
+            .field("max_keys_per_identity", &self.max_per_identity)
+            .field("server_keys", &self.max_server)
             .finish_non_exhaustive()
     }
 }
@@ -131,8 +190,6 @@ impl MemoryBackend {
                 Shard(Mutex::new(Table {
                     map: HashTable::new(),
                     next_sweep: 0,
-                    next_full_sweep: 0,
-                    earliest_expiry: 0,
                 }))
             })
             .collect();
@@ -140,8 +197,12 @@ impl MemoryBackend {
             shards,
             mask: n - 1,
             hasher: DefaultHashBuilder::default(),
-            per_shard_cap: config.max_keys.div_ceil(n).max(1),
+            accounts: Mutex::default(),
+            max_callers: config.max_keys,
+            max_per_identity: config.max_keys_per_identity,
+            max_server: config.server_keys,
             sweep_us: u64::try_from(config.sweep_interval.as_micros()).unwrap_or(u64::MAX),
+            next_full_sweep: AtomicU64::new(0),
             start: clock.now(),
             clock,
             overflowed: AtomicU64::new(0),
@@ -163,14 +224,18 @@ impl MemoryBackend {
     }
 
     /// Decides one request. A cost above the limit's capacity can never be admitted:
-    /// it is denied with `retry_after` of `Duration::MAX` and consumes nothing.
+    /// it is denied with `retry_after` of `Duration::MAX` and consumes nothing. A new
+    /// key that its owner has no room for is refused with a [`CapacityError`].
     #[inline]
-    pub fn check(&self, namespace: &str, key: &str, limit: &Limit, cost: u64) -> Decision {
+    pub fn check(
+        &self,
+        owner: Owner<'_>,
+        namespace: &str,
+        key: &str,
+        limit: &Limit,
+        cost: u64,
+    ) -> Result<Decision, CapacityError> {
         let now = self.now_us();
-        self.check_at(namespace, key, limit, cost, now)
-    }
-
-    fn check_at(&self, namespace: &str, key: &str, limit: &Limit, cost: u64, now: u64) -> Decision {
         let oversized = cost > limit.capacity();
         let cost = if oversized { 0 } else { cost };
         let (hash, shard) = self.locate(namespace, key);
@@ -181,58 +246,157 @@ impl MemoryBackend {
             }
             let d = e.state.decide(limit, now, cost);
             e.expires_at = e.state.expires_at(limit);
-            return deny_oversized(d, oversized);
+            return Ok(deny_oversized(d, oversized));
         }
         let mut state = State::new(limit.algorithm());
         let d = state.decide(limit, now, cost);
         // A fresh state that consumed nothing is still fresh: no need to store it.
         if cost == 0 || !d.allowed {
-            return deny_oversized(d, oversized);
+            return Ok(deny_oversized(d, oversized));
         }
-        match self.admit_new_key(&mut table, now) {
-            Ok(()) => {
-                let expires_at = state.expires_at(limit);
-                table.map.insert_unique(
-                    hash,
-                    Entry {
-                        hash,
-                        key: join(namespace, key),
-                        state,
-                        expires_at,
-                    },
-                    |e| e.hash,
-                );
-                d
+        let owner = self.admit_new_key(&mut table, now, owner)?;
+        let expires_at = state.expires_at(limit);
+        table.map.insert_unique(
+            hash,
+            Entry {
+                hash,
+                key: join(namespace, key),
+                state,
+                expires_at,
+                owner,
+            },
+            |e| e.hash,
+        );
+        Ok(d)
+    }
+
+    /// Charges one more key to `owner`, or says whose capacity is used up.
+    ///
+    /// Refusing new keys keeps every stored key's count intact: evicting a live key
+    /// instead would hand its owner a fresh quota. Keys whose windows have passed still
+    /// count until a sweep drops them, so a refusal first sweeps every shard it can lock
+    /// without waiting (at most once per [`FULL_SWEEP_GAP_US`]) and tries again.
+    fn admit_new_key(
+        &self,
+        table: &mut Table,
+        now: u64,
+        owner: Owner<'_>,
+    ) -> Result<Option<Arc<str>>, CapacityError> {
+        if now >= table.next_sweep {
+            self.sweep_table(table, now);
+        }
+        let refused = match self.charge(owner) {
+            Ok(charged) => return Ok(charged),
+            Err(e) => e,
+        };
+        let gap = self.next_full_sweep.load(Ordering::Relaxed);
+        if now >= gap
+            && self
+                .next_full_sweep
+                .compare_exchange(
+                    gap,
+                    now + FULL_SWEEP_GAP_US,
+                    Ordering::Relaxed,
+                    Ordering::Relaxed,
+                )
+                .is_ok()
+        {
+            self.sweep_table(table, now);
+            // `try_lock` cannot wait for a shard this thread already holds (the caller's,
+            // or another one of a multi-key check), nor for one whose holder waits for us.
+            for shard in &self.shards {
+                if let Some(mut other) = shard.0.try_lock() {
+                    self.sweep_table(&mut other, now);
+                }
             }
-            Err(retry_us) => self.overflow(limit, retry_us),
+            if let Ok(charged) = self.charge(owner) {
+                return Ok(charged);
+            }
         }
-    }
-
-    /// Makes room for one more key, or says how long until room may appear.
-    fn admit_new_key(&self, table: &mut MutexGuard<'_, Table>, now: u64) -> Result<(), u64> {
-        let full = table.map.len() >= self.per_shard_cap;
-        if now >= table.next_sweep || (full && now >= table.next_full_sweep) {
-            table.sweep(now);
-            table.next_sweep = now.saturating_add(self.sweep_us);
-            table.next_full_sweep = now + FULL_SWEEP_GAP_US;
-        }
-        if table.map.len() < self.per_shard_cap {
-            return Ok(());
-        }
-        let until_sweep = table.next_full_sweep.saturating_sub(now);
-        Err(table.earliest_expiry.saturating_sub(now).max(until_sweep))
-    }
-
-    fn overflow(&self, limit: &Limit, retry_us: u64) -> Decision {
-        // Refusing new keys while full keeps every stored key's count intact; evicting a
-        // live key instead would hand its owner a fresh quota.
         self.overflowed.fetch_add(1, Ordering::Relaxed);
-        Decision::from_us(false, limit.limit(), 0, retry_us, retry_us)
+        Err(refused)
+    }
+
+    fn charge(&self, owner: Owner<'_>) -> Result<Option<Arc<str>>, CapacityError> {
+        let mut accounts = self.accounts.lock();
+        let identity = match owner {
+            Owner::Server => {
+                if accounts.server >= self.max_server {
+                    return Err(CapacityError::ServerFull {
+                        max: self.max_server,
+                    });
+                }
+                accounts.server += 1;
+                return Ok(None);
+            }
+            Owner::Identity(identity) => identity,
+        };
+        let held = accounts.per_identity.get(identity).copied().unwrap_or(0);
+        if held >= self.max_per_identity {
+            return Err(CapacityError::IdentityQuota {
+                identity: identity.to_owned(),
+                quota: self.max_per_identity,
+            });
+        }
+        if accounts.callers >= self.max_callers {
+            return Err(CapacityError::CallersFull {
+                max: self.max_callers,
+            });
+        }
+        accounts.callers += 1;
+        // Every key of one identity shares one allocation of its name.
+        let name = match accounts.per_identity.get_key_value(identity) {
+            Some((name, _)) => Arc::clone(name),
+            None => Arc::from(identity),
+        };
+        *accounts.per_identity.entry(Arc::clone(&name)).or_insert(0) += 1;
+        Ok(Some(name))
+    }
+
+    fn release(&self, released: Released) {
+        if released.is_empty() {
+            return;
+        }
+        let mut accounts = self.accounts.lock();
+        accounts.server -= released.server;
+        accounts.callers -= released.identities.len();
+        for identity in released.identities {
+            if let Some(count) = accounts.per_identity.get_mut(&identity) {
+                *count -= 1;
+                if *count == 0 {
+                    // Identities that hold nothing are forgotten, so the quota table is
+                    // bounded by the keys rather than by every identity ever seen.
+                    accounts.per_identity.remove(&identity);
+                }
+            }
+        }
+    }
+
+    /// Drops the table's keys whose state has returned to a fresh one.
+    fn sweep_table(&self, table: &mut Table, now: u64) {
+        let mut released = Released::default();
+        table.map.retain(|e| {
+            let keep = e.expires_at > now;
+            if !keep {
+                released.add(e.owner.as_ref());
+            }
+            keep
+        });
+        // Give memory back after a flood instead of keeping the high-water mark.
+        if table.map.capacity() > 64 && table.map.len() * 4 < table.map.capacity() {
+            table.map.shrink_to(table.map.len() * 2, |e| e.hash);
+        }
+        table.next_sweep = now.saturating_add(self.sweep_us);
+        self.release(released);
     }
 
     /// Decides all items or none: either every item is admitted and consumed, or nothing
-    /// is consumed. Items are decided in order, so two items on one key add up.
-    pub fn check_many(&self, items: &[MemoryItem<'_>]) -> (bool, Vec<Decision>) {
+    /// is consumed. Items are decided in order, so two items on one key add up. A new key
+    /// that its owner has no room for refuses the whole check, consuming nothing.
+    pub fn check_many(
+        &self,
+        items: &[MemoryItem<'_>],
+    ) -> Result<(bool, Vec<Decision>), CapacityError> {
         let now = self.now_us();
         let located: Vec<(u64, usize)> = items
             .iter()
@@ -248,6 +412,7 @@ impl MemoryBackend {
         let mut undo: Vec<Undo> = Vec::new();
         let mut decisions = Vec::with_capacity(items.len());
         let mut all = true;
+        let mut refused = None;
         for (index, (item, &(hash, shard))) in items.iter().zip(&located).enumerate() {
             let g = shard_ids.binary_search(&shard).unwrap_or_default();
             let table = &mut guards[g];
@@ -261,33 +426,38 @@ impl MemoryBackend {
                 }
                 let d = e.state.decide(limit, now, cost);
                 e.expires_at = e.state.expires_at(limit);
-                deny_oversized(d, oversized)
+                d
             } else {
-                match self.admit_new_key(table, now) {
-                    Ok(()) => {
-                        let mut state = State::new(limit.algorithm());
-                        let d = state.decide(limit, now, cost);
-                        let expires_at = state.expires_at(limit);
-                        table.map.insert_unique(
-                            hash,
-                            Entry {
-                                hash,
-                                key: join(ns, key),
-                                state,
-                                expires_at,
-                            },
-                            |e| e.hash,
-                        );
-                        undo.push((index, g, hash, None));
-                        deny_oversized(d, oversized)
+                let owner = match self.admit_new_key(table, now, item.owner) {
+                    Ok(owner) => owner,
+                    Err(e) => {
+                        refused = Some(e);
+                        break;
                     }
-                    Err(retry) => self.overflow(limit, retry),
-                }
+                };
+                let mut state = State::new(limit.algorithm());
+                let d = state.decide(limit, now, cost);
+                let expires_at = state.expires_at(limit);
+                table.map.insert_unique(
+                    hash,
+                    Entry {
+                        hash,
+                        key: join(ns, key),
+                        state,
+                        expires_at,
+                        owner,
+                    },
+                    |e| e.hash,
+                );
+                undo.push((index, g, hash, None));
+                d
             };
+            let d = deny_oversized(d, oversized);
             all &= d.allowed;
             decisions.push(d);
         }
-        if !all {
+        if !all || refused.is_some() {
+            let mut released = Released::default();
             for (index, g, hash, previous) in undo.into_iter().rev() {
                 let item = &items[index];
                 let table = &mut guards[g];
@@ -304,12 +474,18 @@ impl MemoryBackend {
                         e.expires_at = expires_at;
                     }
                     None => {
-                        entry.remove();
+                        let (removed, _) = entry.remove();
+                        released.add(removed.owner.as_ref());
                     }
                 }
             }
+            drop(guards);
+            self.release(released);
         }
-        (all, decisions)
+        match refused {
+            Some(e) => Err(e),
+            None => Ok((all, decisions)),
+        }
     }
 
     /// Forgets a key's state.
@@ -317,7 +493,11 @@ impl MemoryBackend {
         let (hash, shard) = self.locate(namespace, key);
         let mut table = self.shards[shard].0.lock();
         if let Ok(e) = table.map.find_entry(hash, |e| e.matches(namespace, key)) {
-            e.remove();
+            let (removed, _) = e.remove();
+            let mut released = Released::default();
+            released.add(removed.owner.as_ref());
+            drop(table);
+            self.release(released);
         }
     }
 
@@ -325,9 +505,7 @@ impl MemoryBackend {
     pub fn sweep(&self) {
         let now = self.now_us();
         for shard in &self.shards {
-            let mut t = shard.0.lock();
-            t.sweep(now);
-            t.next_sweep = now.saturating_add(self.sweep_us);
+            self.sweep_table(&mut shard.0.lock(), now);
         }
     }
 
@@ -340,7 +518,17 @@ impl MemoryBackend {
         self.len() == 0
     }
 
-    /// Requests denied because every slot of their shard held a live key.
+    /// Keys currently charged to one identity.
+    pub fn keys_of(&self, identity: &str) -> usize {
+        self.accounts
+            .lock()
+            .per_identity
+            .get(identity)
+            .copied()
+            .unwrap_or(0)
+    }
+
+    /// New keys refused because their owner's capacity was used up.
     pub fn overflowed(&self) -> u64 {
         self.overflowed.load(Ordering::Relaxed)
     }

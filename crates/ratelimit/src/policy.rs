@@ -191,6 +191,10 @@ impl Policy {
     }
 }
 
+/// The entry of the tool map whose policy limits every tool without a policy of its
+/// own. Those tools share one bucket per identity.
+pub const DEFAULT_TOOL: &str = "default";
+
 /// The per-tool defaults: `(tool, policy name, limit per minute)`, all token buckets
 /// whose bucket starts full, so a caller may spend a whole minute's quota at once.
 pub const TOOL_DEFAULTS: [(&str, &str, u64); 3] = [
@@ -215,10 +219,12 @@ pub const TOOL_DEFAULTS: [(&str, &str, u64); 3] = [
 ///
 /// [tools]
 /// shell = "api"                      # the policy that limits Sandbox.Run of this tool
+/// default = "api"                    # every tool without its own entry, one bucket per identity
 /// ```
 ///
 /// The policies `tool.shell`, `tool.web` and `tool.files` and their tool mappings exist
-/// unless the file redefines them.
+/// unless the file redefines them. Without a `default` entry, tools without their own
+/// entry are not limited.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(try_from = "PolicySetConfig")]
 pub struct PolicySet {
@@ -276,9 +282,26 @@ impl PolicySet {
         self.policies.get(name)
     }
 
-    /// The policy that limits a tool, if any.
+    /// The policy that limits a tool, if any: its own, else the default.
     pub fn tool_policy(&self, tool: &str) -> Option<&Policy> {
+        self.own_tool_policy(tool)
+            .or_else(|| self.default_tool_policy())
+    }
+
+    /// The policy mapped to this very tool name. The name [`DEFAULT_TOOL`] has none: its
+    /// entry is the catch-all.
+    pub fn own_tool_policy(&self, tool: &str) -> Option<&Policy> {
+        if tool == DEFAULT_TOOL {
+            return None;
+        }
         self.tools.get(tool).and_then(|p| self.policies.get(p))
+    }
+
+    /// The policy of tools without their own, if the set has a [`DEFAULT_TOOL`] entry.
+    pub fn default_tool_policy(&self) -> Option<&Policy> {
+        self.tools
+            .get(DEFAULT_TOOL)
+            .and_then(|p| self.policies.get(p))
     }
 
     pub fn policies(&self) -> impl Iterator<Item = &Policy> {

@@ -19,8 +19,8 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail};
 use futures::FutureExt;
 use ratelimit::{
-    Algorithm, Backend, Descriptor, FailureMode, Limit, Limiter, LimiterConfig, Policy, PolicySet,
-    RedisConfig, RedisItem,
+    Algorithm, Backend, Descriptor, FailureMode, Limit, Limiter, LimiterConfig, Owner, Policy,
+    PolicySet, RedisConfig, RedisItem,
 };
 use server::proto::ratelimit::v1::rate_limit_client::RateLimitClient;
 use server::proto::ratelimit::v1::{CheckRequest, check_request};
@@ -85,12 +85,19 @@ fn memory(args: &Args) -> Result<()> {
     let half = args.seconds / 2.0;
     // Warm both maps with every key before measuring.
     for key in &keys {
-        limiter.memory().check("bench", key, &limit, 1);
+        limiter
+            .memory()
+            .check(Owner::Server, "bench", key, &limit, 1)?;
         let _ = governor.check_key(key);
     }
     let backend = per_decision_ns(
         half,
-        |key| limiter.memory().check("bench", key, &limit, 1).allowed,
+        |key| {
+            limiter
+                .memory()
+                .check(Owner::Server, "bench", key, &limit, 1)
+                .is_ok_and(|d| d.allowed)
+        },
         &keys,
     );
     let governor_ns = per_decision_ns(half, |key| governor.check_key(key).is_ok(), &keys);

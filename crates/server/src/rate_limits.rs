@@ -12,13 +12,16 @@
 //!
 //! [ratelimit.tools]
 //! shell = "api"
+//! default = "api"                     # every tool without its own entry
 //!
 //! [ratelimit.redis]                   # needed when a policy uses backend = "redis"
 //! url = "redis://127.0.0.1:6379"
 //! timeout_ms = 50
 //!
 //! [ratelimit.memory]
-//! max_keys = 1000000
+//! max_keys = 1000000                  # callers' keys, all identities together
+//! max_keys_per_identity = 10000
+//! server_keys = 100000                # reserved for the per-tool limits
 //! ```
 
 use std::collections::BTreeMap;
@@ -39,7 +42,8 @@ pub(crate) struct RateLimitConfig {
     /// Named policies, in the form `ratelimit::PolicySet` documents. Kept as
     /// raw TOML here so that the library alone defines and validates them.
     pub(crate) policies: BTreeMap<String, toml::Value>,
-    /// Tool name to the policy that limits Sandbox.Run of that tool.
+    /// Tool name to the policy that limits Sandbox.Run of that tool; the
+    /// entry `default` limits every tool without its own.
     pub(crate) tools: BTreeMap<String, String>,
     pub(crate) redis: Option<RedisSection>,
     pub(crate) memory: MemorySection,
@@ -77,8 +81,14 @@ impl Default for RedisSection {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub(crate) struct MemorySection {
-    /// Most keys held in memory at once; beyond it new keys are denied.
+    /// Most keys held in memory at once for callers, all identities
+    /// together; beyond it callers' new keys are refused.
     pub(crate) max_keys: usize,
+    /// Most keys one identity may hold; unset means a quarter of `max_keys`,
+    /// at most 10000.
+    pub(crate) max_keys_per_identity: Option<usize>,
+    /// Keys reserved for the server's own limits (Sandbox.Run per tool).
+    pub(crate) server_keys: usize,
     pub(crate) shards: usize,
     pub(crate) sweep_interval_ms: u64,
 }
@@ -88,9 +98,22 @@ impl Default for MemorySection {
         let d = MemoryConfig::default();
         Self {
             max_keys: d.max_keys,
+            max_keys_per_identity: None,
+            server_keys: d.server_keys,
             shards: d.shards,
             sweep_interval_ms: millis(d.sweep_interval),
         }
+    }
+}
+
+impl MemorySection {
+    /// The per-identity quota in force: the configured one, or a quarter of
+    /// `max_keys` capped at the library's default, so that at least four
+    /// identities fit before the callers' room is full.
+    fn quota(&self) -> usize {
+        self.max_keys_per_identity.unwrap_or_else(|| {
+            (self.max_keys / 4).clamp(1, MemoryConfig::default().max_keys_per_identity)
+        })
     }
 }
 
@@ -168,6 +191,19 @@ impl RateLimitConfig {
         if self.memory.max_keys == 0 {
             bail!("ratelimit.memory.max_keys must be positive");
         }
+        if let Some(quota) = self.memory.max_keys_per_identity
+            && (quota == 0 || quota >= self.memory.max_keys)
+        {
+            // A quota as large as the shared room would let one identity fill
+            // it and refuse every other identity's new keys.
+            bail!(
+                "ratelimit.memory.max_keys_per_identity must be between 1 and max_keys - 1 ({})",
+                self.memory.max_keys - 1
+            );
+        }
+        if self.memory.server_keys == 0 {
+            bail!("ratelimit.memory.server_keys must be positive");
+        }
         if self.memory.shards == 0 || self.memory.shards > 65_536 {
             bail!("ratelimit.memory.shards must be between 1 and 65536");
         }
@@ -182,6 +218,8 @@ impl RateLimitConfig {
             memory: MemoryConfig {
                 shards: self.memory.shards,
                 max_keys: self.memory.max_keys,
+                max_keys_per_identity: self.memory.quota(),
+                server_keys: self.memory.server_keys,
                 sweep_interval: Duration::from_millis(self.memory.sweep_interval_ms),
             },
             redis: self.redis.as_ref().map(|r| RedisConfig {
@@ -298,6 +336,37 @@ mod tests {
         let set = c.policy_set().unwrap();
         assert_eq!(set.get("api").unwrap().limit().capacity(), 9);
         assert_eq!(set.tool_policy("shell").unwrap().name(), "api");
+        assert!(set.tool_policy("unlisted").is_none());
+    }
+
+    #[test]
+    fn the_default_tool_entry_covers_unlisted_tools() {
+        let c = parse(
+            r#"
+            [policies.rest]
+            algorithm = "gcra"
+            limit = 7
+            window = "1m"
+            [tools]
+            default = "rest"
+            "#,
+        );
+        c.validate().unwrap();
+        let set = c.policy_set().unwrap();
+        assert_eq!(set.tool_policy("unlisted").unwrap().name(), "rest");
+        assert_eq!(set.tool_policy("").unwrap().name(), "rest");
+        assert_eq!(set.tool_policy("shell").unwrap().name(), "tool.shell");
+    }
+
+    #[test]
+    fn the_identity_quota_defaults_below_the_shared_room() {
+        let quota = |text: &str| parse(text).memory.quota();
+        assert_eq!(quota(""), 10_000);
+        assert_eq!(quota("[memory]\nmax_keys = 64"), 16);
+        assert_eq!(
+            quota("[memory]\nmax_keys = 64\nmax_keys_per_identity = 5"),
+            5
+        );
     }
 
     #[test]
@@ -320,6 +389,11 @@ mod tests {
             ("[redis]\ntimeout_ms = 0", "ratelimit.redis.timeout_ms"),
             ("[redis]\npool_size = 0", "ratelimit.redis.pool_size"),
             ("[memory]\nmax_keys = 0", "ratelimit.memory.max_keys"),
+            (
+                "[memory]\nmax_keys = 64\nmax_keys_per_identity = 64",
+                "ratelimit.memory.max_keys_per_identity",
+            ),
+            ("[memory]\nserver_keys = 0", "ratelimit.memory.server_keys"),
         ];
         for (text, field) in cases {
             let error = parse(text).validate().unwrap_err().to_string();

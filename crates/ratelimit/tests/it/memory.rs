@@ -4,8 +4,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use ratelimit::{
-    Algorithm, Backend, CheckError, Descriptor, FailureMode, Limit, Limiter, LimiterConfig,
-    MemoryBackend, MemoryConfig, Override, Policy, PolicySet,
+    Algorithm, Backend, CapacityError, CheckError, Descriptor, FailureMode, Limit, Limiter,
+    LimiterConfig, MemoryBackend, MemoryConfig, Override, Owner, Policy, PolicySet,
 };
 
 const ALL: [Algorithm; 5] = [
@@ -79,37 +79,72 @@ fn a_million_unique_keys_stay_bounded_and_the_backend_recovers() {
     let memory = MemoryBackend::new(&MemoryConfig {
         shards: 16,
         max_keys: 10_000,
+        max_keys_per_identity: 5_000,
+        server_keys: 100,
         sweep_interval: Duration::from_millis(20),
     });
     let window = Duration::from_millis(200);
     let limit = Limit::new(Algorithm::FixedWindow, 2, window, 0).unwrap();
     let sliding = Limit::new(Algorithm::SlidingWindowLog, 2, Duration::from_secs(60), 0).unwrap();
+    let (flood, victim) = (Owner::Identity("flood"), Owner::Identity("victim"));
     // A victim at its limit before the flood must still be limited during it.
-    assert!(memory.check("p", "victim", &sliding, 2).allowed);
+    assert!(
+        memory
+            .check(victim, "p", "victim", &sliding, 2)
+            .unwrap()
+            .allowed
+    );
     let mut key = String::new();
-    let mut denied = 0u64;
+    let mut refused = 0u64;
     for i in 0..1_000_000u32 {
         key.clear();
         key.push_str("flood-");
         key.push_str(&i.to_string());
-        denied += u64::from(!memory.check("p", &key, &limit, 1).allowed);
+        match memory.check(flood, "p", &key, &limit, 1) {
+            Ok(d) => assert!(d.allowed),
+            Err(e) => {
+                assert_eq!(
+                    e,
+                    CapacityError::IdentityQuota {
+                        identity: "flood".into(),
+                        quota: 5_000
+                    }
+                );
+                refused += 1;
+            }
+        }
     }
     assert!(memory.len() <= 10_000, "held {} keys", memory.len());
-    assert!(denied > 0 && memory.overflowed() == denied);
+    assert!(memory.keys_of("flood") <= 5_000);
+    assert!(refused > 0 && memory.overflowed() == refused);
     assert!(
-        !memory.check("p", "victim", &sliding, 1).allowed,
+        !memory
+            .check(victim, "p", "victim", &sliding, 1)
+            .unwrap()
+            .allowed,
         "flood reset a live key"
     );
-    // Once the flood's windows have passed, its keys are swept and new keys are served.
+    // Once the flood's windows have passed, its keys are swept and new keys are served,
+    // the flooding identity's included.
     std::thread::sleep(window + Duration::from_millis(50));
-    assert!(memory.check("p", "newcomer", &limit, 1).allowed);
+    assert!(
+        memory
+            .check(flood, "p", "again", &limit, 1)
+            .unwrap()
+            .allowed
+    );
     memory.sweep();
     assert!(
         memory.len() <= 2,
         "held {} keys after the sweep",
         memory.len()
     );
-    assert!(!memory.check("p", "victim", &sliding, 1).allowed);
+    assert!(
+        !memory
+            .check(victim, "p", "victim", &sliding, 1)
+            .unwrap()
+            .allowed
+    );
 }
 
 #[test]
@@ -118,7 +153,9 @@ fn idle_keys_are_evicted_after_their_window() {
     for algorithm in ALL {
         let limit = Limit::new(algorithm, 3, Duration::from_millis(30), 0).unwrap();
         for i in 0..100 {
-            memory.check(algorithm.code(), &format!("k{i}"), &limit, 1);
+            memory
+                .check(Owner::Server, algorithm.code(), &format!("k{i}"), &limit, 1)
+                .unwrap();
         }
     }
     assert_eq!(memory.len(), 500);
@@ -126,6 +163,171 @@ fn idle_keys_are_evicted_after_their_window() {
     std::thread::sleep(Duration::from_millis(100));
     memory.sweep();
     assert!(memory.is_empty());
+}
+
+/// The operator's repro: a store of 64 keys in one shard, and one agent creating keys
+/// with day-long windows.
+fn small_store(policies: PolicySet) -> Limiter {
+    Limiter::new(
+        policies,
+        LimiterConfig {
+            memory: MemoryConfig {
+                shards: 1,
+                max_keys: 64,
+                max_keys_per_identity: 16,
+                server_keys: 8,
+                sweep_interval: Duration::from_secs(1),
+            },
+            redis: None,
+        },
+    )
+    .unwrap()
+}
+
+fn day_long() -> Limit {
+    Limit::new(Algorithm::FixedWindow, 100, Duration::from_secs(86_400), 0).unwrap()
+}
+
+async fn fill(limiter: &Limiter, identity: &str, keys: u32) -> Vec<Result<bool, CheckError>> {
+    let mut out = Vec::new();
+    for i in 1..=keys {
+        let key = format!("{identity}:fill{i}");
+        let d = Descriptor::inline(&key, 1, day_long()).owned_by(Owner::Identity(identity));
+        out.push(limiter.check(&d).await.map(|d| d.allowed));
+    }
+    out
+}
+
+#[tokio::test]
+async fn one_identity_filling_the_store_denies_neither_others_nor_the_tool_limits() {
+    let limiter = small_store(PolicySet::default());
+    let flood = fill(&limiter, "mallory", 70).await;
+    // The attacker gets its quota and then a refusal naming the quota, not a denial
+    // carrying some key's window.
+    assert!(flood[..16].iter().all(|r| r == &Ok(true)), "{flood:?}");
+    for r in &flood[16..] {
+        assert_eq!(
+            r,
+            &Err(CheckError::Capacity(CapacityError::IdentityQuota {
+                identity: "mallory".into(),
+                quota: 16
+            }))
+        );
+    }
+    assert_eq!(limiter.memory().keys_of("mallory"), 16);
+    // Keys the attacker already holds are decided as always.
+    let held =
+        Descriptor::inline("mallory:fill1", 1, day_long()).owned_by(Owner::Identity("mallory"));
+    assert_eq!(limiter.check(&held).await.unwrap().remaining, 98);
+
+    // Another identity still gets new keys, and its tool limit is its own: five shells
+    // per minute, the sixth denied with the tool's retry delay, not the attacker's day.
+    assert_eq!(fill(&limiter, "alice", 3).await, vec![Ok(true); 3]);
+    for _ in 0..5 {
+        let d = limiter
+            .check_tool("alice", "shell", 1)
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(d.allowed, "{d:?}");
+    }
+    let sixth = limiter
+        .check_tool("alice", "shell", 1)
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(!sixth.allowed);
+    assert!(sixth.retry_after <= Duration::from_secs(12), "{sixth:?}");
+    // The attacker's own tool limit is untouched by its flood as well.
+    assert!(
+        limiter
+            .check_tool("mallory", "shell", 1)
+            .await
+            .unwrap()
+            .unwrap()
+            .allowed
+    );
+}
+
+#[tokio::test]
+async fn callers_filling_the_store_together_never_reach_the_servers_keys() {
+    let limiter = small_store(PolicySet::default());
+    // Four identities at their quota fill the 64 keys of callers.
+    for name in ["m1", "m2", "m3", "m4"] {
+        assert_eq!(fill(&limiter, name, 16).await, vec![Ok(true); 16]);
+    }
+    // A fifth identity's new key is refused as a full store, consuming nothing.
+    let refused = fill(&limiter, "alice", 1).await;
+    assert_eq!(
+        refused,
+        vec![Err(CheckError::Capacity(CapacityError::CallersFull {
+            max: 64
+        }))]
+    );
+    // A multi-key check that needs a new key is refused whole: the existing key it also
+    // names keeps its count.
+    let (old, new) = (
+        Descriptor::inline("m1:fill1", 1, day_long()).owned_by(Owner::Identity("m1")),
+        Descriptor::inline("m1:new", 1, day_long()).owned_by(Owner::Identity("m1")),
+    );
+    assert!(matches!(
+        limiter.check_many(&[old, new]).await,
+        Err(CheckError::Capacity(CapacityError::IdentityQuota { .. }))
+    ));
+    let peek = Descriptor::inline("m1:fill1", 0, day_long()).owned_by(Owner::Identity("m1"));
+    assert_eq!(limiter.check(&peek).await.unwrap().remaining, 99);
+    // Sandbox.Run's per-tool limits live in the server's reserved keys and still work,
+    // for identities the callers' flood never saw too.
+    for identity in ["alice", "bob", "carol"] {
+        assert!(
+            limiter
+                .check_tool(identity, "shell", 1)
+                .await
+                .unwrap()
+                .unwrap()
+                .allowed
+        );
+    }
+    // Resetting keys gives their owner room again.
+    limiter.reset("m1:fill1", None).await.unwrap();
+    assert_eq!(fill(&limiter, "alice", 1).await, vec![Ok(true)]);
+}
+
+#[tokio::test]
+async fn the_default_tool_policy_limits_every_unlisted_tool_in_one_bucket() {
+    let text = r#"
+        [policies.rest]
+        algorithm = "token_bucket"
+        limit = 3
+        window = "1m"
+        [tools]
+        default = "rest"
+    "#;
+    let limiter = small_store(toml::from_str(text).unwrap());
+    let allowed = async |identity: &str, tool: &str| {
+        limiter
+            .check_tool(identity, tool, 1)
+            .await
+            .unwrap()
+            .expect("every tool is limited")
+            .allowed
+    };
+    // Inventing tool names draws from one bucket: three runs, then none.
+    assert!(allowed("mallory", "x").await);
+    assert!(allowed("mallory", "y").await);
+    assert!(allowed("mallory", "").await);
+    for tool in ["z", "", "x", "default"] {
+        assert!(!allowed("mallory", tool).await, "{tool:?} was admitted");
+    }
+    // Another identity's unlisted tools, and a tool with its own policy, are unaffected.
+    assert!(allowed("alice", "x").await);
+    for _ in 0..5 {
+        assert!(allowed("mallory", "shell").await);
+    }
+    assert!(!allowed("mallory", "shell").await);
+    // The caller reaches the same bucket with its scoped key and the default's policy.
+    let peek = Descriptor::policy("mallory:default", 0, "rest");
+    assert_eq!(limiter.check(&peek).await.unwrap().remaining, 0);
 }
 
 #[tokio::test]

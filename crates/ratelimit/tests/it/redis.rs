@@ -459,7 +459,9 @@ async fn the_script_decides_like_the_in_memory_algorithms() {
                 .check(&Descriptor::policy("alice:cmp", cost, "p"))
                 .await
                 .unwrap();
-            let want = memory.check("p", "cmp", &limit, cost);
+            let want = memory
+                .check(ratelimit::Owner::Server, "p", "cmp", &limit, cost)
+                .unwrap();
             assert_eq!(
                 (got.allowed, got.remaining),
                 (want.allowed, want.remaining),

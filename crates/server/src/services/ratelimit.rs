@@ -5,11 +5,17 @@
 //! permission checks `<identity>:<key>`, so one agent can neither drain nor
 //! peek at another agent's bucket. Admins use keys verbatim, which is how they
 //! reach (and Reset) an agent's bucket: agent `bot` checking key `k` is
-//! admin key `bot:k`. A `:` or `%` in the identity is percent-encoded so that
-//! two identities can never produce the same prefix, and the identity is the
-//! key's Redis Cluster hash tag, so one caller's CheckMultiple stays in one
-//! slot. Per-tool checks of Sandbox.Run use the key `<identity>:<tool>`, the
-//! same bucket an agent reaches with key `<tool>` and the tool's policy.
+//! admin key `bot:k`. A `:` or `%` in the identity is percent-encoded
+//! ([`identity_prefix`]) so that two identities can never produce the same
+//! prefix, and the identity is the key's Redis Cluster hash tag, so one
+//! caller's CheckMultiple stays in one slot. Per-tool checks of Sandbox.Run
+//! use the key `<identity>:<tool>` (`<identity>:default` for tools under the
+//! default policy), the same bucket an agent reaches with key `<tool>` and the
+//! tool's policy.
+//!
+//! Every new key a caller creates, admin or not, is charged to the caller's
+//! identity: a caller over its key quota, or a store whose room for callers
+//! is full, gets RESOURCE_EXHAUSTED naming the limit, and nothing is consumed.
 //!
 //! A denied Check is not an error: it answers OK with `allowed = false`, and
 //! the metadata `retry-after` (whole seconds, rounded up) and
@@ -20,7 +26,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use ::ratelimit::{
-    Algorithm, CheckError, Decision, Descriptor, Limit, LimitError, Limiter, ResetError, Target,
+    Algorithm, CapacityError, CheckError, Decision, Descriptor, Limit, LimitError, Limiter, Owner,
+    ResetError, Target, identity_prefix,
 };
 use tonic::metadata::MetadataValue;
 use tonic::{Request, Response, Status};
@@ -58,26 +65,18 @@ enum ParsedTarget<'a> {
 
 impl Parsed<'_> {
     fn descriptor<'s>(&'s self, identity: &'s str) -> Descriptor<'s> {
-        match &self.target {
+        let d = match &self.target {
             ParsedTarget::Policy(name) => {
                 Descriptor::policy(&self.key, self.cost, name).for_caller(Some(identity), None)
             }
             ParsedTarget::Inline(limit) => Descriptor::inline(&self.key, self.cost, *limit),
-        }
+        };
+        d.owned_by(Owner::Identity(identity))
     }
 }
 
 fn invalid(field: &str, message: impl std::fmt::Display) -> Status {
     Status::invalid_argument(format!("{field}: {message}"))
-}
-
-/// The prefix of a non-admin caller's keys: the identity with `%` and `:`
-/// percent-encoded, so the first `:` of a scoped key always ends it.
-fn scope_prefix(identity: &str) -> Cow<'_, str> {
-    if !identity.contains([':', '%']) {
-        return Cow::Borrowed(identity);
-    }
-    Cow::Owned(identity.replace('%', "%25").replace(':', "%3A"))
 }
 
 fn algorithm(value: i32, field: &str) -> Result<Algorithm, Status> {
@@ -151,8 +150,23 @@ fn check_error(e: CheckError, prefix: &str) -> Status {
         ),
         CheckError::CostExceedsCapacity { .. } => invalid(&format!("{prefix}cost"), e),
         CheckError::MixedBackends | CheckError::CrossSlot(..) => invalid("descriptors", e),
+        CheckError::Capacity(e) => capacity_exhausted(&e),
         other => Status::internal(other.to_string()),
     }
+}
+
+/// RESOURCE_EXHAUSTED for a key that did not fit, naming the setting that
+/// bounds it. No retry delay is given: room comes back only when keys'
+/// windows pass, which the caller's own keys decide, or when an operator
+/// raises the setting.
+pub(crate) fn capacity_exhausted(e: &CapacityError) -> Status {
+    let setting = match e {
+        CapacityError::IdentityQuota { .. } => "ratelimit.memory.max_keys_per_identity",
+        CapacityError::CallersFull { .. } => "ratelimit.memory.max_keys",
+        CapacityError::ServerFull { .. } => "ratelimit.memory.server_keys",
+        _ => "ratelimit.memory",
+    };
+    Status::resource_exhausted(format!("{e} ({setting})"))
 }
 
 impl RateLimitService {
@@ -240,7 +254,7 @@ impl pb::rate_limit_server::RateLimit for RateLimitService {
         request: Request<pb::CheckRequest>,
     ) -> Result<Response<pb::CheckResponse>, Status> {
         let caller = caller(&request)?;
-        let prefix = (!self.is_admin(&caller.roles)).then(|| scope_prefix(&caller.name));
+        let prefix = (!self.is_admin(&caller.roles)).then(|| identity_prefix(&caller.name));
         let body = request.get_ref();
         let parsed = self.parse(
             prefix.as_deref(),
@@ -276,7 +290,7 @@ impl pb::rate_limit_server::RateLimit for RateLimitService {
         request: Request<pb::CheckMultipleRequest>,
     ) -> Result<Response<pb::CheckMultipleResponse>, Status> {
         let caller = caller(&request)?;
-        let prefix = (!self.is_admin(&caller.roles)).then(|| scope_prefix(&caller.name));
+        let prefix = (!self.is_admin(&caller.roles)).then(|| identity_prefix(&caller.name));
         let body = request.get_ref();
         if body.descriptors.is_empty() {
             return Err(invalid("descriptors", "must not be empty"));
@@ -385,18 +399,18 @@ impl pb::rate_limit_server::RateLimit for RateLimitService {
 
 #[cfg(test)]
 mod tests {
-    use super::scope_prefix;
+    use super::identity_prefix;
 
     #[test]
     fn scope_prefixes_never_collide() {
-        assert_eq!(scope_prefix("bot"), "bot");
+        assert_eq!(identity_prefix("bot"), "bot");
         // Without encoding, identity "a:b" with key "c" and identity "a" with
         // key "b:c" would share the bucket "a:b:c".
-        assert_eq!(format!("{}:c", scope_prefix("a:b")), "a%3Ab:c");
+        assert_eq!(format!("{}:c", identity_prefix("a:b")), "a%3Ab:c");
         assert_ne!(
-            format!("{}:c", scope_prefix("a:b")),
-            format!("{}:b:c", scope_prefix("a"))
+            format!("{}:c", identity_prefix("a:b")),
+            format!("{}:b:c", identity_prefix("a"))
         );
-        assert_ne!(scope_prefix("a%3Ab"), scope_prefix("a:b"));
+        assert_ne!(identity_prefix("a%3Ab"), identity_prefix("a:b"));
     }
 }

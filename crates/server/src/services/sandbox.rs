@@ -11,7 +11,7 @@ pub(crate) mod config;
 use std::sync::Arc;
 use std::time::Duration;
 
-use ratelimit::Limiter;
+use ratelimit::{CheckError, Limiter};
 use sandbox_core::{
     Capabilities, Containment, EnforcementReport, LimitsSpec, Manager, NetworkMode, NetworkSpec,
     OutputChunk, OutputStream, PolicyError, PolicySpec, RequestError, RunError, RunOptions,
@@ -27,6 +27,7 @@ use self::config::{TrustConfig, TrustLevel, WorkFsOutcome};
 use crate::notes::{self, CallNotes};
 use crate::proto::sandbox::v1 as pb;
 use crate::services::identity::caller;
+use crate::services::ratelimit::capacity_exhausted;
 
 #[derive(Debug)]
 pub(crate) struct SandboxService {
@@ -98,13 +99,16 @@ impl SandboxService {
             run = run.with_cwd(&message.cwd).map_err(request_status)?;
         }
         let run = run.with_stdin(message.stdin);
-        if let Some(limiter) = &self.limiter
-            && !message.tool.is_empty()
-        {
+        // The empty tool name is checked too: it falls to the default tool
+        // policy, when one is configured, like any other unlisted name.
+        if let Some(limiter) = &self.limiter {
             let decision = limiter
                 .check_tool(&identity, &message.tool, 1)
                 .await
-                .map_err(|e| Status::internal(format!("rate limit check failed: {e}")))?;
+                .map_err(|e| match e {
+                    CheckError::Capacity(e) => capacity_exhausted(&e),
+                    e => Status::internal(format!("rate limit check failed: {e}")),
+                })?;
             if let Some(decision) = decision.filter(|d| !d.allowed) {
                 notes::note(request, |n| {
                     n.rate_limited = true;

@@ -125,11 +125,32 @@ window = "1h"
 "#
     );
     let server = TestServer::start_in(dir, &config);
+    // The operator's repro: a store of 64 keys in one shard, which agent2
+    // tries to fill, and a default policy for tools without their own.
+    let isolated = TestServer::start_in(
+        data_dir_sharing(&certs),
+        &format!(
+            r#"{IDENTITIES}
+[ratelimit.memory]
+max_keys = 64
+shards = 1
+[ratelimit.policies.rest]
+algorithm = "token_bucket"
+limit = 3
+window = "1h"
+[ratelimit.tools]
+default = "rest"
+[sandbox.trust]
+default = "trusted"
+"#
+        ),
+    );
     let pair = |name: &str| json!({"cert": certs.join(format!("{name}.pem")), "key": certs.join(format!("{name}.key"))});
     harness::run_python(
         "test_ratelimit.py",
         &json!({
             "target": server.addr,
+            "isolated_target": isolated.addr,
             "proto_dir": harness::proto_dir(),
             "ca": certs.join("ca.pem"),
             "certs": {

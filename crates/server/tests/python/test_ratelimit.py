@@ -4,6 +4,11 @@ The server runs with the policies written by tests/it/ratelimit.rs:
 api (sliding log, 5 per hour), stats (sliding log, 1 per hour), conc_log
 (sliding log, 100 per hour) and conc_gcra (GCRA, 100 per hour). Windows are an
 hour long so that nothing refills while the tests run.
+
+A second server, `isolated_target`, has the operator's repro configuration: an
+in-memory store of 64 keys in one shard (so 16 keys per identity), the default
+tool limits, and `[ratelimit.tools] default` = rest (token bucket, 3 per hour).
+There agent2 attacks and agent is the bystander.
 """
 
 import threading
@@ -17,9 +22,11 @@ CTX = load_context()
 generate_stubs(CTX["proto_dir"])
 
 from cordon.ratelimit.v1 import ratelimit_pb2 as pb, ratelimit_pb2_grpc  # noqa: E402
+from cordon.sandbox.v1 import sandbox_pb2, sandbox_pb2_grpc  # noqa: E402
 
 INVALID = grpc.StatusCode.INVALID_ARGUMENT
 DENIED = grpc.StatusCode.PERMISSION_DENIED
+EXHAUSTED = grpc.StatusCode.RESOURCE_EXHAUSTED
 
 
 def stub(name):
@@ -30,6 +37,28 @@ ADMIN = stub("admin")
 AGENT = stub("agent")
 AGENT2 = stub("agent2")
 AUDITOR = stub("auditor")
+
+
+def isolated_channel(name):
+    return cert_channel(dict(CTX, target=CTX["isolated_target"]), name)
+
+
+ATTACKER = ratelimit_pb2_grpc.RateLimitStub(isolated_channel("agent2"))
+BYSTANDER = ratelimit_pb2_grpc.RateLimitStub(isolated_channel("agent"))
+SANDBOX = {
+    who: sandbox_pb2_grpc.SandboxStub(isolated_channel(who)) for who in ["agent", "agent2"]
+}
+DAY = pb.InlineLimit(algorithm=pb.ALGORITHM_FIXED_WINDOW, limit=100, window_ms=86_400_000)
+
+
+def day_check(s, key):
+    return s.Check(pb.CheckRequest(key=key, cost=1, inline=DAY), timeout=10).decision
+
+
+def sandbox_run(who, tool):
+    request = sandbox_pb2.RunRequest(argv=["true"], policy=sandbox_pb2.Policy(), tool=tool,
+                                     tool_source="builtin")
+    return SANDBOX[who].Run(request, timeout=60)
 
 
 def check(s, key, cost=1, policy="api", **kw):
@@ -194,6 +223,52 @@ def test_64_concurrent_clients_gcra():
     concurrent_exact("conc_gcra")
 
 
+def test_one_identity_cannot_fill_the_store_for_others():
+    # The operator's repro: 70 keys with day-long windows from one agent.
+    admitted, refusals = 0, []
+    for i in range(1, 71):
+        try:
+            assert day_check(ATTACKER, f"fill{i}").allowed
+            admitted += 1
+        except grpc.RpcError as e:
+            refusals.append(e)
+    # A quarter of the 64 keys, then a refusal that names the quota, not a
+    # denial carrying another key's window.
+    assert admitted == 16 and len(refusals) == 54, (admitted, len(refusals))
+    for e in refusals:
+        assert e.code() == EXHAUSTED, e
+        assert "quota of 16" in e.details() and "max_keys_per_identity" in e.details(), e.details()
+    # A CheckMultiple of 64 fresh keys is refused whole the same way.
+    expect_code(lambda: ATTACKER.CheckMultiple(pb.CheckMultipleRequest(descriptors=[
+        pb.Descriptor(key=f"more{i}", cost=1, inline=DAY) for i in range(64)]), timeout=10),
+        EXHAUSTED, "max_keys_per_identity")
+    # The attacker's own keys still count exactly.
+    assert day_check(ATTACKER, "fill1").remaining == 98
+
+    # The bystander's new keys and Sandbox.Run's shell limit are untouched:
+    # five runs, then the tool's own retry delay (a minute's refill), not a day.
+    assert day_check(BYSTANDER, "mine").allowed
+    assert [sandbox_run("agent", "shell").exit_code for _ in range(5)] == [0] * 5
+    e = expect_code(lambda: sandbox_run("agent", "shell"), EXHAUSTED, "rate limit of tool shell")
+    assert 0 < int(dict(e.trailing_metadata())["retry-after-ms"]) <= 12_000, e.trailing_metadata()
+    # The attacker's own shell limit did not suffer from its flood either.
+    assert sandbox_run("agent2", "shell").exit_code == 0
+
+
+def test_unlisted_tools_share_the_default_tool_limit():
+    # Inventing tool names, or none, draws from one bucket of three per hour.
+    assert [sandbox_run("agent2", tool).exit_code for tool in ["x", "y", ""]] == [0, 0, 0]
+    for tool in ["z", "", "x"]:
+        expect_code(lambda: sandbox_run("agent2", tool), EXHAUSTED, "rate limit of tool")
+    # Another identity's unlisted tools keep their own bucket.
+    assert sandbox_run("agent", "x").exit_code == 0
+    # The attacker's bucket is the one its scoped key reaches under the policy.
+    d = ATTACKER.Check(pb.CheckRequest(key="default", cost=0, policy="rest"), timeout=10).decision
+    assert d.remaining == 0, d
+    d = BYSTANDER.Check(pb.CheckRequest(key="default", cost=0, policy="rest"), timeout=10).decision
+    assert d.remaining == 2, d
+
+
 run_tests([
     test_allowed_then_denied_with_retry_after,
     test_cost_and_peek,
@@ -205,4 +280,6 @@ run_tests([
     test_stats_count_decisions,
     test_64_concurrent_clients_sliding_log,
     test_64_concurrent_clients_gcra,
+    test_one_identity_cannot_fill_the_store_for_others,
+    test_unlisted_tools_share_the_default_tool_limit,
 ])
