@@ -289,7 +289,11 @@ pub fn render_linux_profile(policy: &Policy) -> String {
     let l = policy.limits();
     let _ = writeln!(out, "\n## Limits");
     let _ = writeln!(out, "  timeout_ms          {}", l.timeout_ms);
-    let _ = writeln!(out, "  cpu_time_ms         {} (RLIMIT_CPU, rounded up to whole seconds)", l.cpu_time_ms);
+    let _ = writeln!(
+        out,
+        "  cpu_time_ms         {} (RLIMIT_CPU, rounded up to whole seconds)",
+        l.cpu_time_ms
+    );
     let _ = writeln!(out, "  memory_bytes        {} (RLIMIT_AS)", l.memory_bytes);
     let _ = writeln!(
         out,

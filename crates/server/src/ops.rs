@@ -112,11 +112,11 @@ fn install_recorder() -> Result<PrometheusHandle> {
     );
     metrics::describe_counter!(
         "cordon_sandbox_runs_total",
-        "sandbox runs by outcome (exit_zero, exit_nonzero, signaled, timed_out, refused_*, failed_to_start)"
+        "sandbox runs by outcome (exit_zero, exit_nonzero, signaled, timed_out, refused_untrusted, refused_rate_limited, refused_busy, refused_enforcement, failed_to_start)"
     );
     metrics::describe_counter!(
         "cordon_ratelimit_decisions_total",
-        "rate-limit decisions by result (allowed, denied)"
+        "rate-limit decisions by result (allowed, denied): RateLimit calls and Sandbox.Run's per-tool limits"
     );
     // Present from the start, so that alerts on them see a zero rather than
     // an absent series.

@@ -77,6 +77,8 @@ impl SandboxService {
             notes::note(request, |n| {
                 n.summary = Some("refused: untrusted tool source".to_owned());
             });
+            metrics::counter!("cordon_sandbox_runs_total", "outcome" => "refused_untrusted")
+                .increment(1);
             return Err(Status::permission_denied(format!(
                 "tool source {:?} is untrusted; an operator trusts it with \
                  [sandbox.trust] sources = {{ NAME = \"trusted\" }} (or default = \"trusted\")",
@@ -109,11 +111,22 @@ impl SandboxService {
                     CheckError::Capacity(e) => capacity_exhausted(&e),
                     e => Status::internal(format!("rate limit check failed: {e}")),
                 })?;
+            if let Some(decision) = &decision {
+                let label = if decision.allowed {
+                    "allowed"
+                } else {
+                    "denied"
+                };
+                metrics::counter!("cordon_ratelimit_decisions_total", "decision" => label)
+                    .increment(1);
+            }
             if let Some(decision) = decision.filter(|d| !d.allowed) {
                 notes::note(request, |n| {
                     n.rate_limited = true;
                     n.summary = Some("refused: tool rate limit".to_owned());
                 });
+                metrics::counter!("cordon_sandbox_runs_total", "outcome" => "refused_rate_limited")
+                    .increment(1);
                 return Err(rate_limited(&message.tool, decision.retry_after));
             }
         }

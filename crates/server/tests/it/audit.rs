@@ -89,6 +89,9 @@ roles = ["agent"]
 roles = ["auditor"]
 [identities.nobody]
 roles = []
+
+[sandbox.trust.sources]
+builtin = "trusted"
 "#,
         work = work.display()
     );

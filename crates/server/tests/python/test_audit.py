@@ -21,6 +21,7 @@ generate_stubs(CTX["proto_dir"])
 
 from cordon.audit.v1 import audit_pb2, audit_pb2_grpc  # noqa: E402
 from cordon.guard.v1 import guard_pb2, guard_pb2_grpc  # noqa: E402
+from cordon.sandbox.v1 import sandbox_pb2, sandbox_pb2_grpc  # noqa: E402
 
 SECRET = CTX["secret"]
 GUARD = "/cordon.guard.v1.Guard/"
@@ -364,6 +365,37 @@ def test_group_commit_counters_follow_the_writer():
     assert 1 <= metric(after, "cordon_audit_largest_batch") <= records
 
 
+def counter(body, name, **labels):
+    """The value of a labelled counter, 0 when it has no series yet."""
+    wanted = "{" + ",".join(f'{k}="{v}"' for k, v in labels.items()) + "}"
+    values = [float(l.split()[1]) for l in body.splitlines() if l.startswith(name + wanted + " ")]
+    return values[0] if values else 0.0
+
+
+def test_sandbox_refusals_and_tool_decisions_are_counted():
+    runs = sandbox_pb2_grpc.SandboxStub(cert_channel(CTX, "admin"))
+    _, _, before = http("/metrics")
+    expect_code(lambda: runs.Run(sandbox_pb2.RunRequest(argv=["true"], tool="shell", tool_source="stranger"),
+                                 timeout=30),
+                grpc.StatusCode.PERMISSION_DENIED)
+    # The default shell policy allows 5 runs a minute per identity.
+    for _ in range(5):
+        runs.Run(sandbox_pb2.RunRequest(argv=["true"], tool="shell", tool_source="builtin"), timeout=30)
+    expect_code(lambda: runs.Run(sandbox_pb2.RunRequest(argv=["true"], tool="shell", tool_source="builtin"),
+                                 timeout=30),
+                grpc.StatusCode.RESOURCE_EXHAUSTED)
+    _, _, after = http("/metrics")
+
+    def grew(name, by, **labels):
+        change = counter(after, name, **labels) - counter(before, name, **labels)
+        assert change == by, (name, labels, change)
+    grew("cordon_sandbox_runs_total", 1, outcome="refused_untrusted")
+    grew("cordon_sandbox_runs_total", 1, outcome="refused_rate_limited")
+    grew("cordon_sandbox_runs_total", 5, outcome="exit_zero")
+    grew("cordon_ratelimit_decisions_total", 5, decision="allowed")
+    grew("cordon_ratelimit_decisions_total", 1, decision="denied")
+
+
 def test_unknown_method_label_is_bounded():
     call = cert_channel(CTX, "admin").unary_unary("/no.such.Service/ChosenByClient")
     expect_code(lambda: call(b"", timeout=10), grpc.StatusCode.PERMISSION_DENIED)
@@ -393,12 +425,14 @@ run_tests([
     test_pagination_is_complete_and_ordered,
     test_stats,
     test_verify_ok,
+    test_verify_against_an_anchor,
     test_auditor_may_read_agent_may_not,
     test_check_path,
     test_check_url,
     test_check_command,
     test_scan_text,
     test_metrics,
+    test_sandbox_refusals_and_tool_decisions_are_counted,
     test_group_commit_counters_follow_the_writer,
     test_unknown_method_label_is_bounded,
     test_healthz_and_404_and_405,
