@@ -35,9 +35,9 @@
 //! # Containment
 //!
 //! As root, each run gets its own pids cgroup (`pids.max` = `max_processes`) and runs as the
-//! configured unprivileged uid/gid (default 65534). The cgroup bounds a fork bomb and lets
-//! the supervisor kill every process of the run, including `setsid`'d and double-forked ones,
-//! as soon as the main child exits or the timeout fires. `RLIMIT_NPROC` is then not set,
+//! configured unprivileged uid/gid (default 65534, never 0). The cgroup bounds a fork bomb
+//! and lets the supervisor kill every process of the run, including `setsid`'d and
+//! double-forked ones, as soon as the main child exits or the timeout fires. `RLIMIT_NPROC` is then not set,
 //! because it counts every process of the uid across concurrent runs. Without root or without
 //! a pids controller, `RLIMIT_NPROC` bounds processes, `setsid` and `setpgid` are denied by
 //! seccomp so the process group holds the whole tree, and the report says `uid` or `rlimit`
@@ -49,6 +49,7 @@ pub mod profile;
 #[cfg(target_os = "linux")]
 mod linux;
 
+use std::num::NonZeroU32;
 use std::path::PathBuf;
 use std::sync::Arc;
 
@@ -60,10 +61,11 @@ use sandbox_core::{Manager, ManagerConfig, ManagerError, Sandbox};
 /// Settings of the Linux backends.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LinuxConfig {
-    /// The uid children run as when the server is root.
-    pub run_uid: u32,
-    /// The gid children run as when the server is root.
-    pub run_gid: u32,
+    /// The uid children run as when the server is root. Never 0: a child that kept root's
+    /// uid would own root's files, whatever capabilities it lost.
+    pub run_uid: NonZeroU32,
+    /// The gid children run as when the server is root. Never 0, for root's group's files.
+    pub run_gid: NonZeroU32,
     /// Where per-run work directories are created.
     pub work_root: PathBuf,
     /// Use a per-run pids cgroup when the server is root and a pids controller is mounted.
@@ -74,13 +76,16 @@ impl Default for LinuxConfig {
     /// uid and gid 65534 (nobody), work directories under `$TMPDIR/cordon-runs`, cgroups on.
     fn default() -> Self {
         LinuxConfig {
-            run_uid: 65534,
-            run_gid: 65534,
+            run_uid: NOBODY,
+            run_gid: NOBODY,
             work_root: std::env::temp_dir().join("cordon-runs"),
             cgroup: true,
         }
     }
 }
+
+/// uid and gid 65534, `nobody` and `nogroup` on most distributions.
+const NOBODY: NonZeroU32 = NonZeroU32::new(65534).expect("65534 is not 0");
 
 /// The Linux backends, strongest first (empty on other operating systems).
 pub fn candidates(config: &LinuxConfig) -> Vec<Arc<dyn Sandbox>> {

@@ -152,7 +152,7 @@ impl Inner {
 
     fn uid(&self) -> u32 {
         if self.host.root {
-            self.config.run_uid
+            self.config.run_uid.get()
         } else {
             // SAFETY: geteuid has no preconditions.
             unsafe { libc::geteuid() }
@@ -284,7 +284,7 @@ impl Inner {
         let owner = self
             .host
             .root
-            .then_some((self.config.run_uid, self.config.run_gid));
+            .then_some((self.config.run_uid.get(), self.config.run_gid.get()));
         let work = match request.cwd() {
             Some(cwd) => WorkDir::existing(cwd),
             None => {
