@@ -38,11 +38,14 @@
 //! only make async-signal-safe calls. Everything that allocates is done before the clone, in
 //! [`ChildPlan`]: C strings for the program, argv, envp and cwd and their pointer arrays, the
 //! rlimit table, the `sock_fprog` header of the already compiled process group lock filter, the
-//! Landlock ruleset descriptor, the cgroup descriptor. The plan owns every descriptor it
-//! names, so a caller that gives up waiting (a cancelled run) cannot close one under the
-//! child; the spawner kills and reaps a child nobody waits for. The child then runs only raw
-//! system calls (`libc` wrappers that do nothing but the call, or `syscall` directly for
-//! set*id, whose glibc wrappers synchronize threads) and `execve`. A failed step is stored in
+//! Landlock ruleset descriptor, the cgroup descriptor. The job owns every descriptor the plan names, and the run's
+//! cgroup, so a caller that gives up waiting (a cancelled run) cannot close one under the
+//! child or see its cgroup pooled while a child may still join it. The child comes back as a
+//! [`LinuxChild`], which kills the run and reaps the child if it is dropped unsupervised,
+//! whether by the spawner (the run is gone) or in the reply (the run went before reading it).
+//! The child then runs only raw system calls (`libc` wrappers that do nothing but the call,
+//! or `syscall` directly where the glibc wrapper does more: set*id synchronize threads,
+//! `write` is a cancellation point) and `execve`. A failed step is stored in
 //! the plan as (step, errno), in the memory the child shares with the suspended spawner
 //! thread, and the child exits with 127. The thread resumes only once the child has exited or
 //! its `execve` has passed the point of no return, so it then reads either the failure or
@@ -61,6 +64,8 @@ use sandbox_core::supervise::ChildPipes;
 use sandbox_core::{Limits, RunError};
 use tokio::sync::oneshot;
 
+use super::cgroup::RunCgroup;
+use super::child::LinuxChild;
 use super::seccomp::{self, Program, Variant};
 
 /// The steps of the child, named in errors.
@@ -102,7 +107,9 @@ pub(crate) struct SpawnSpec<'a> {
     /// spawner thread drops it once for all its children.
     pub(crate) drop_bounding_set: Option<u32>,
     pub(crate) no_new_privs: bool,
-    pub(crate) cgroup_procs: Option<BorrowedFd<'a>>,
+    /// The run's cgroup, which the child joins. It travels with the job and comes back with
+    /// the child, so it is never pooled while a child may still join it.
+    pub(crate) cgroup: Option<RunCgroup>,
     /// The Landlock ruleset, handed to the child's plan, which keeps it open until the child
     /// has used it.
     pub(crate) landlock: Option<OwnedFd>,
@@ -110,10 +117,10 @@ pub(crate) struct SpawnSpec<'a> {
     pub(crate) seccomp: Option<Variant>,
 }
 
-/// A child that has successfully called `execve`.
+/// A child that has successfully called `execve`; dropping it kills the run.
 #[derive(Debug)]
 pub(crate) struct Spawned {
-    pub(crate) pid: libc::pid_t,
+    pub(crate) child: LinuxChild,
     pub(crate) pipes: ChildPipes,
 }
 
@@ -143,12 +150,15 @@ struct ChildPlan {
     failure: AtomicU64,
     empty_mask: libc::sigset_t,
     default_action: libc::sigaction,
-    /// The descriptors behind the raw numbers above, closed when the plan is dropped.
+    /// The descriptors behind the raw numbers above, closed when the plan is dropped, but
+    /// for the cgroup's, which the job holds with the cgroup.
     _owned: Vec<OwnedFd>,
 }
 
-// SAFETY: the raw pointers point into heap buffers the plan itself owns (`_argv`, `_env`,
-// `_lock_program`), which do not move when the plan does; nothing else refers to them.
+// SAFETY: `argv_ptrs` and `env_ptrs` point into heap buffers that only the plan owns (`_argv`,
+// `_env`); `lock_filter` points into the `Program` behind `_lock_program`, an `Arc` shared
+// with the per-variant cache, whose instructions nobody modifies. None of them moves when the
+// plan does, and nothing writes through the pointers, so another thread may use them.
 unsafe impl Send for ChildPlan {}
 
 /// The parent's ends of the child's pipes.
@@ -163,6 +173,8 @@ struct Job {
     plan: ChildPlan,
     parent: ParentEnds,
     program: PathBuf,
+    /// The run's cgroup, whose `cgroup.procs` descriptor the plan names.
+    cgroup: Option<RunCgroup>,
     reply: oneshot::Sender<Result<Spawned, RunError>>,
 }
 
@@ -303,15 +315,11 @@ pub(crate) async fn spawn(spec: SpawnSpec<'_>) -> Result<Spawned, RunError> {
         len: u16::try_from(p.len()).unwrap_or(u16::MAX),
         filter: p.as_ptr().cast_mut(),
     });
-    let dup = |fd: Option<BorrowedFd<'_>>| {
-        fd.map(|fd| fd.try_clone_to_owned())
-            .transpose()
-            .map_err(|source| RunError::Io {
-                what: "passing a descriptor to the child",
-                source,
-            })
-    };
-    let cgroup_procs = dup(spec.cgroup_procs)?;
+    let cgroup_procs = spec
+        .cgroup
+        .as_ref()
+        .and_then(RunCgroup::procs_fd)
+        .map_or(-1, |fd| fd.as_raw_fd());
     let landlock = spec.landlock;
 
     let (stdin_r, stdin_w) = if spec.stdin {
@@ -353,7 +361,7 @@ pub(crate) async fn spawn(spec: SpawnSpec<'_>) -> Result<Spawned, RunError> {
         rlimits,
         credentials: spec.credentials,
         no_new_privs: spec.no_new_privs,
-        cgroup_procs: cgroup_procs.as_ref().map_or(-1, |fd| fd.as_raw_fd()),
+        cgroup_procs,
         landlock: landlock.as_ref().map_or(-1, |fd| fd.as_raw_fd()),
         lock_filter,
         _lock_program: lock,
@@ -364,9 +372,8 @@ pub(crate) async fn spawn(spec: SpawnSpec<'_>) -> Result<Spawned, RunError> {
         failure: AtomicU64::new(NO_FAILURE),
         empty_mask,
         default_action,
-        _owned: [stdin_r, Some(stdout_w), Some(stderr_w)]
+        _owned: [stdin_r, Some(stdout_w), Some(stderr_w), landlock]
             .into_iter()
-            .chain([cgroup_procs, landlock])
             .flatten()
             .collect(),
     };
@@ -379,6 +386,7 @@ pub(crate) async fn spawn(spec: SpawnSpec<'_>) -> Result<Spawned, RunError> {
             stderr: stderr_r,
         },
         program: spec.program.to_owned(),
+        cgroup: spec.cgroup,
         reply,
     };
     let setup = ThreadSetup {
@@ -544,23 +552,15 @@ fn spawner(setup: ThreadSetup, queue: ThreadLeaves) -> ! {
     loop {
         let job = queue.0.pop();
         let result = match &ready {
-            Ok(()) => clone_child(job.plan, job.parent, job.program),
+            Ok(()) => clone_child(job.plan, job.parent, job.program, job.cgroup),
             Err((stage, errno)) => Err(RunError::Setup {
                 stage,
                 source: io::Error::from_raw_os_error(*errno),
             }),
         };
-        if let Err(Ok(orphan)) = job.reply.send(result) {
-            // The run was cancelled while its child was being set up: nobody will supervise
-            // the child, so it must not run.
-            // SAFETY: kill has no memory effects; the pid is our unreaped child and its
-            // process group (it called setpgid(0, 0) before execve).
-            unsafe {
-                libc::kill(-orphan.pid, libc::SIGKILL);
-                libc::kill(orphan.pid, libc::SIGKILL);
-                libc::waitpid(orphan.pid, std::ptr::null_mut(), 0);
-            }
-        }
+        // A run cancelled meanwhile no longer takes the reply: it comes back and is dropped
+        // here, and the child with it, which kills the run's processes and reaps the child.
+        drop(job.reply.send(result));
     }
 }
 
@@ -618,7 +618,12 @@ const NO_FAILURE: u64 = u64::MAX;
 
 /// Clones the child of `job` on this (spawner) thread; returns once it has executed the
 /// program or failed to.
-fn clone_child(plan: ChildPlan, parent: ParentEnds, program: PathBuf) -> Result<Spawned, RunError> {
+fn clone_child(
+    plan: ChildPlan,
+    parent: ParentEnds,
+    program: PathBuf,
+    cgroup: Option<RunCgroup>,
+) -> Result<Spawned, RunError> {
     let stack = CHILD_STACK.with(|stack| match stack.get() {
         Some(stack) => Ok(stack.top()),
         None => {
@@ -675,7 +680,7 @@ fn clone_child(plan: ChildPlan, parent: ParentEnds, program: PathBuf) -> Result<
     }
 
     Ok(Spawned {
-        pid,
+        child: LinuxChild::new(pid, cgroup),
         pipes: ChildPipes {
             stdin: parent.stdin,
             stdout: parent.stdout,
@@ -715,7 +720,9 @@ extern "C" fn child_main(arg: *mut libc::c_void) -> libc::c_int {
 /// Only to be called in the cloned child, with a plan prepared by [`spawn`].
 unsafe fn child(plan: &ChildPlan) -> ! {
     // SAFETY: every call below is a raw system call on descriptors and memory prepared
-    // before the clone, which the child only reads; nothing allocates or takes a lock.
+    // before the clone. The child reads the plan and writes only errno and, through `fail`,
+    // the plan's atomic `failure`, which the suspended spawner thread reads once the child
+    // has let it go; nothing allocates or takes a lock.
     unsafe {
         // Handlers of the server must never run here (they would touch its memory), and
         // ignored dispositions would survive execve (Rust ignores SIGPIPE): every signal goes
@@ -732,7 +739,9 @@ unsafe fn child(plan: &ChildPlan) -> ! {
             fail(plan, 0);
         }
 
-        if plan.cgroup_procs >= 0 && libc::write(plan.cgroup_procs, b"0".as_ptr().cast(), 1) != 1 {
+        if plan.cgroup_procs >= 0
+            && libc::syscall(libc::SYS_write, plan.cgroup_procs, b"0".as_ptr(), 1usize) != 1
+        {
             fail(plan, 1);
         }
         if libc::setpgid(0, 0) != 0 {
