@@ -14,12 +14,14 @@
 //! ruleset (as a descriptor, with the crate `landlock`), the seccomp BPF program (with
 //! `seccompiler` behind a binary-search dispatcher, cached per variant), every C string and
 //! pointer array, the rlimit table. Children are cloned with `CLONE_VM | CLONE_VFORK` (like
-//! `posix_spawn`) by long-lived spawner threads that carry the variant's seccomp filter and,
-//! when the server is root, an empty capability bounding set, so that every child inherits
-//! both. Between `clone` and `execve` the child makes only raw, async-signal-safe system
+//! `posix_spawn`) by long-lived spawner threads that carry the variant's seccomp filter, no
+//! inheritable or ambient capability, and, when the server is root, an empty capability
+//! bounding set (otherwise no permitted capability either), so that every child inherits
+//! all of it. Between `clone` and `execve` the child makes only raw, async-signal-safe system
 //! calls, in this order: reset every signal disposition and unblock signals, join the run's
 //! pids cgroup, `setpgid(0, 0)`, install the pipes as stdin/stdout/stderr, mark every other
-//! descriptor close-on-exec, set hard rlimits, `setgroups`/`setresgid`/`setresuid` to the
+//! descriptor close-on-exec (`close_range`, or one by one up to `RLIMIT_NOFILE` where the
+//! kernel or a seccomp profile refuses it), set hard rlimits, `setgroups`/`setresgid`/`setresuid` to the
 //! unprivileged run uid (when the server is root), `chdir`, `PR_SET_PDEATHSIG(SIGKILL)` (after
 //! the uid change, which clears it), `no_new_privs`, `landlock_restrict_self` on the prebuilt
 //! ruleset (not rust-landlock's `restrict_self`, which may allocate), the process group lock

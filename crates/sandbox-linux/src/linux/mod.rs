@@ -32,7 +32,8 @@ struct Host {
     seccomp: bool,
     root: bool,
     cap_last_cap: u32,
-    caps_empty: bool,
+    /// The server's capability bounding set is empty: execve grants no file capability.
+    bounding_set_empty: bool,
     cgroup: Option<CgroupRoot>,
 }
 
@@ -46,11 +47,11 @@ impl Host {
             .ok()
             .and_then(|s| s.trim().parse().ok())
             .unwrap_or(40);
-        let caps_empty = std::fs::read_to_string("/proc/self/status")
+        let bounding_set_empty = std::fs::read_to_string("/proc/self/status")
             .ok()
             .and_then(|s| {
                 s.lines()
-                    .find_map(|l| l.strip_prefix("CapPrm:").map(|v| v.trim().to_owned()))
+                    .find_map(|l| l.strip_prefix("CapBnd:").map(|v| v.trim().to_owned()))
             })
             .is_some_and(|v| v.chars().all(|c| c == '0'));
         let cgroup = if root && config.cgroup {
@@ -64,7 +65,7 @@ impl Host {
             seccomp,
             root,
             cap_last_cap,
-            caps_empty,
+            bounding_set_empty,
             cgroup,
         }
     }
@@ -155,8 +156,17 @@ impl Inner {
         }
     }
 
+    /// Whether the child can hold no capability. It starts with none: the spawner threads
+    /// have emptied their inheritable (and so ambient) set, and their permitted set unless
+    /// the server is root, whose children lose theirs when they change uid (`spawn.rs`). What
+    /// execve could still grant comes from file capabilities, limited by the bounding set:
+    /// empty when the server is root (dropped) or started without one, and with
+    /// `no_new_privs` execve grants nothing the process did not hold. Only a server that is
+    /// neither root nor without a bounding set, running `none` (no `no_new_privs`), leaves a
+    /// child that can gain capabilities, as any process of its uid could, by executing a
+    /// program that has file capabilities.
     fn capabilities_dropped(&self) -> bool {
-        self.host.root || self.host.caps_empty
+        self.host.root || self.layers.no_new_privs || self.host.bounding_set_empty
     }
 
     fn missing(&self, report: &EnforcementReport) -> Vec<String> {
@@ -171,6 +181,7 @@ impl Inner {
         need(report.ipc_scoping, "ipc_scoping");
         need(report.seccomp, "seccomp");
         need(report.no_new_privs, "no_new_privs");
+        need(report.capabilities_dropped, "capabilities_dropped");
         need(report.rlimits, "rlimits");
         need(
             report.process_containment == Containment::Cgroup,

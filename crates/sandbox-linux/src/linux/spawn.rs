@@ -25,10 +25,14 @@
 //! variant (network mode, unix sockets) gets a small pool of long-lived spawner threads that
 //! drop their bounding set (when the server is root) and install the variant's filter on
 //! themselves once, and every child is cloned by one of them: it starts with both already
-//! in force, before it runs a single instruction of its own. The spawner threads do nothing
-//! but clone, read the child's setup outcome and reply; they keep every signal blocked and
-//! never exit, which also gives `PR_SET_PDEATHSIG` (tied to the thread that cloned) a parent that
-//! lives as long as the server. When the process group must be locked (no cgroup), the
+//! in force, before it runs a single instruction of its own. Capabilities belong to a thread
+//! too: the spawner threads give up their inheritable set, which takes the ambient set with
+//! it, and, when the server is not root, their permitted and effective sets, so no child
+//! starts with a capability of the server (a root server's children lose theirs when they
+//! change uid), at no cost per run. The spawner threads do nothing but clone, read the
+//! child's setup outcome and reply; they keep every signal blocked and never exit, which also
+//! gives `PR_SET_PDEATHSIG` (tied to the thread that cloned) a parent that lives as long as
+//! the server. When the process group must be locked (no cgroup), the
 //! child cannot inherit the `setpgid` rule, because it calls `setpgid` itself: it installs
 //! that small second filter after doing so. On the development machine this took a run of
 //! `/bin/true` from 2.4 ms to 1.1 ms, and it keeps the async runtime's threads free while
@@ -38,14 +42,15 @@
 //! only make async-signal-safe calls. Everything that allocates is done before the clone, in
 //! [`ChildPlan`]: C strings for the program, argv, envp and cwd and their pointer arrays, the
 //! rlimit table, the `sock_fprog` header of the already compiled process group lock filter, the
-//! Landlock ruleset descriptor, the cgroup descriptor. The job owns every descriptor the plan names, and the run's
+//! Landlock ruleset descriptor, the cgroup descriptor, the descriptor limit for the
+//! close-on-exec fallback. The job owns every descriptor the plan names, and the run's
 //! cgroup, so a caller that gives up waiting (a cancelled run) cannot close one under the
 //! child or see its cgroup pooled while a child may still join it. The child comes back as a
 //! [`LinuxChild`], which kills the run and reaps the child if it is dropped unsupervised,
 //! whether by the spawner (the run is gone) or in the reply (the run went before reading it).
 //! The child then runs only raw system calls (`libc` wrappers that do nothing but the call,
 //! or `syscall` directly where the glibc wrapper does more: set*id synchronize threads,
-//! `write` is a cancellation point) and `execve`. A failed step is stored in
+//! `write` and `fcntl` are cancellation points) and `execve`. A failed step is stored in
 //! the plan as (step, errno), in the memory the child shares with the suspended spawner
 //! thread, and the child exits with 127. The thread resumes only once the child has exited or
 //! its `execve` has passed the point of no return, so it then reads either the failure or
@@ -104,7 +109,8 @@ pub(crate) struct SpawnSpec<'a> {
     /// Switch to this uid and gid (the server is root).
     pub(crate) credentials: Option<(u32, u32)>,
     /// Drop the capability bounding set up to this capability number (needs root). The
-    /// spawner thread drops it once for all its children.
+    /// spawner thread drops it once for all its children; without it the spawner thread
+    /// drops its permitted set instead.
     pub(crate) drop_bounding_set: Option<u32>,
     pub(crate) no_new_privs: bool,
     /// The run's cgroup, which the child joins. It travels with the job and comes back with
@@ -138,6 +144,11 @@ struct ChildPlan {
     no_new_privs: bool,
     cgroup_procs: RawFd,
     landlock: RawFd,
+    /// Where the close-on-exec fallback stops when `close_range` is unusable: the soft
+    /// `RLIMIT_NOFILE`, at or above which no descriptor can be opened (one opened before a
+    /// program lowered its limit would escape; the server never lowers it). `None` while
+    /// `close_range` works.
+    fd_limit: Option<libc::c_int>,
     /// The process group lock the child installs itself when there is no cgroup; the
     /// variant's main filter comes with the spawner thread.
     lock_filter: Option<libc::sock_fprog>,
@@ -321,6 +332,11 @@ pub(crate) async fn spawn(spec: SpawnSpec<'_>) -> Result<Spawned, RunError> {
         .and_then(RunCgroup::procs_fd)
         .map_or(-1, |fd| fd.as_raw_fd());
     let landlock = spec.landlock;
+    let fd_limit = if close_range_works() {
+        None
+    } else {
+        Some(descriptor_limit()?)
+    };
 
     let (stdin_r, stdin_w) = if spec.stdin {
         let (read, write) = pipe()?;
@@ -363,6 +379,7 @@ pub(crate) async fn spawn(spec: SpawnSpec<'_>) -> Result<Spawned, RunError> {
         no_new_privs: spec.no_new_privs,
         cgroup_procs,
         landlock: landlock.as_ref().map_or(-1, |fd| fd.as_raw_fd()),
+        fd_limit,
         lock_filter,
         _lock_program: lock,
         parent_pid: server_pid(),
@@ -403,7 +420,9 @@ pub(crate) async fn spawn(spec: SpawnSpec<'_>) -> Result<Spawned, RunError> {
 /// What a spawner thread applies to itself, once, for all the children it clones.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 struct ThreadSetup {
-    /// Drop the capability bounding set up to this capability number.
+    /// Drop the capability bounding set up to this capability number: the server is root,
+    /// and the thread keeps its permitted and effective sets for the children, which need
+    /// them to join their cgroup and change uid. `None`: drop every capability.
     bounding_set: Option<u32>,
     /// Install this seccomp variant's filter (`None`: no filter).
     seccomp: Option<Variant>,
@@ -586,6 +605,7 @@ fn prepare_thread(setup: ThreadSetup) -> Result<(), (&'static str, i32)> {
             }
         }
     }
+    drop_capabilities(setup.bounding_set.is_some()).map_err(|e| ("capabilities", e))?;
     let Some(variant) = setup.seccomp else {
         return Ok(());
     };
@@ -611,6 +631,94 @@ fn prepare_thread(setup: ThreadSetup) -> Result<(), (&'static str, i32)> {
         return Err(("seccomp", errno()));
     }
     Ok(())
+}
+
+/// `struct __user_cap_header_struct` of capget and capset.
+#[repr(C)]
+struct CapHeader {
+    version: u32,
+    pid: libc::c_int,
+}
+
+/// `struct __user_cap_data_struct`: one 32-bit word of each set.
+#[repr(C)]
+#[derive(Clone, Copy, Default)]
+struct CapData {
+    effective: u32,
+    permitted: u32,
+    inheritable: u32,
+}
+
+/// `_LINUX_CAPABILITY_VERSION_3`: two [`CapData`] words, capabilities 0 to 63.
+const CAPABILITY_VERSION_3: u32 = 0x2008_0522;
+
+/// Empties the calling thread's inheritable set and, unless `keep_permitted`, its permitted
+/// and effective sets; returns the errno of a failure.
+///
+/// The kernel keeps the ambient set inside the permitted and inheritable sets, so this
+/// empties the ambient set too: ambient capabilities (systemd's `AmbientCapabilities=` for a
+/// service under `User=`) would otherwise pass execve to every child, `no_new_privs` or not.
+/// An empty inheritable set also keeps a program's inheritable file capabilities from
+/// granting anything. A thread may always lower its own sets, root or not.
+fn drop_capabilities(keep_permitted: bool) -> Result<(), i32> {
+    let header = CapHeader {
+        version: CAPABILITY_VERSION_3,
+        pid: 0,
+    };
+    let mut data = [CapData::default(); 2];
+    let errno = || {
+        io::Error::last_os_error()
+            .raw_os_error()
+            .unwrap_or(libc::EPERM)
+    };
+    if keep_permitted {
+        // SAFETY: capget reads the header and fills the two words of version 3, which
+        // `data` holds; pid 0 is the calling thread.
+        let status =
+            unsafe { libc::syscall(libc::SYS_capget, &raw const header, data.as_mut_ptr()) };
+        if status != 0 {
+            return Err(errno());
+        }
+    }
+    for word in &mut data {
+        word.inheritable = 0;
+    }
+    // SAFETY: capset reads the header and the two words of version 3; pid 0 is the calling
+    // thread, whose sets it only lowers.
+    if unsafe { libc::syscall(libc::SYS_capset, &raw const header, data.as_ptr()) } != 0 {
+        return Err(errno());
+    }
+    Ok(())
+}
+
+/// Whether `close_range` can mark descriptors close-on-exec here (Linux 5.11 and later,
+/// unless a seccomp profile of the host refuses it), asked once, on a range holding no
+/// descriptor. Where it cannot, the child marks them one by one.
+fn close_range_works() -> bool {
+    static WORKS: OnceLock<bool> = OnceLock::new();
+    // SAFETY: close_range takes numbers only; the range lies above every descriptor.
+    *WORKS.get_or_init(|| unsafe {
+        libc::syscall(
+            libc::SYS_close_range,
+            u32::MAX,
+            u32::MAX,
+            CLOSE_RANGE_CLOEXEC,
+        ) == 0
+    })
+}
+
+/// `CLOSE_RANGE_CLOEXEC`: mark the range close-on-exec rather than close it.
+const CLOSE_RANGE_CLOEXEC: libc::c_uint = 1 << 2;
+
+/// The soft `RLIMIT_NOFILE`: open would refuse a descriptor at or above it.
+fn descriptor_limit() -> Result<libc::c_int, RunError> {
+    // SAFETY: rlimit is plain data that getrlimit fills.
+    let mut limit: libc::rlimit = unsafe { std::mem::zeroed() };
+    // SAFETY: limit is a valid rlimit.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } != 0 {
+        return Err(os_error("reading the descriptor limit"));
+    }
+    Ok(libc::c_int::try_from(limit.rlim_cur).unwrap_or(libc::c_int::MAX))
 }
 
 /// What [`ChildPlan::failure`] holds while no step of the child has failed.
@@ -752,12 +860,20 @@ unsafe fn child(plan: &ChildPlan) -> ! {
                 fail(plan, 3);
             }
         }
-        // Any descriptor another thread opened without close-on-exec must not leak.
-        const CLOSE_RANGE_CLOEXEC: libc::c_uint = 1 << 2;
-        if libc::syscall(libc::SYS_close_range, 3u32, u32::MAX, CLOSE_RANGE_CLOEXEC) != 0
-            && *libc::__errno_location() != libc::ENOSYS
-        {
-            fail(plan, 4);
+        // Any descriptor another thread opened without close-on-exec must not leak. Where
+        // close_range cannot do it, every number up to the limit is marked one by one (EBADF:
+        // nothing open there); where it should have, its failure fails the run.
+        if libc::syscall(libc::SYS_close_range, 3u32, u32::MAX, CLOSE_RANGE_CLOEXEC) != 0 {
+            let Some(limit) = plan.fd_limit else {
+                fail(plan, 4)
+            };
+            for fd in 3..limit {
+                if libc::syscall(libc::SYS_fcntl, fd, libc::F_SETFD, libc::FD_CLOEXEC) != 0
+                    && *libc::__errno_location() != libc::EBADF
+                {
+                    fail(plan, 4);
+                }
+            }
         }
         for (resource, limit) in &plan.rlimits {
             if libc::setrlimit(*resource, limit) != 0 {

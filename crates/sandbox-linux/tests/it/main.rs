@@ -3,6 +3,7 @@
 #![cfg(target_os = "linux")]
 
 mod filesystem;
+mod inheritance;
 mod limits;
 mod manager;
 mod network;
@@ -247,4 +248,13 @@ pub fn rerun(
         output.status.success() && text.contains("test result: ok. 1 passed"),
         "the helper {name} failed: {text}"
     );
+}
+
+/// The last error of a raw system call in a [`rerun`] `prepare` closure.
+pub fn check(result: libc::c_long) -> std::io::Result<()> {
+    if result < 0 {
+        Err(std::io::Error::last_os_error())
+    } else {
+        Ok(())
+    }
 }
