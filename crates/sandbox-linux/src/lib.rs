@@ -14,12 +14,14 @@
 //! ruleset (as a descriptor, with the crate `landlock`), the seccomp BPF program (with
 //! `seccompiler` behind a binary-search dispatcher, cached per variant), every C string and
 //! pointer array, the rlimit table. Children are cloned with `CLONE_VM | CLONE_VFORK` (like
-//! `posix_spawn`) by long-lived spawner threads that carry the variant's seccomp filter and,
-//! when the server is root, an empty capability bounding set, so that every child inherits
-//! both. Between `clone` and `execve` the child makes only raw, async-signal-safe system
+//! `posix_spawn`) by long-lived spawner threads that carry the variant's seccomp filter, no
+//! inheritable or ambient capability, and, when the server is root, an empty capability
+//! bounding set (otherwise no permitted capability either), so that every child inherits
+//! all of it. Between `clone` and `execve` the child makes only raw, async-signal-safe system
 //! calls, in this order: reset every signal disposition and unblock signals, join the run's
 //! pids cgroup, `setpgid(0, 0)`, install the pipes as stdin/stdout/stderr, mark every other
-//! descriptor close-on-exec, set hard rlimits, `setgroups`/`setresgid`/`setresuid` to the
+//! descriptor close-on-exec (`close_range`, or one by one up to `RLIMIT_NOFILE` where the
+//! kernel or a seccomp profile refuses it), set hard rlimits, `setgroups`/`setresgid`/`setresuid` to the
 //! unprivileged run uid (when the server is root), `chdir`, `PR_SET_PDEATHSIG(SIGKILL)` (after
 //! the uid change, which clears it), `no_new_privs`, `landlock_restrict_self` on the prebuilt
 //! ruleset (not rust-landlock's `restrict_self`, which may allocate), the process group lock
@@ -35,9 +37,9 @@
 //! # Containment
 //!
 //! As root, each run gets its own pids cgroup (`pids.max` = `max_processes`) and runs as the
-//! configured unprivileged uid/gid (default 65534). The cgroup bounds a fork bomb and lets
-//! the supervisor kill every process of the run, including `setsid`'d and double-forked ones,
-//! as soon as the main child exits or the timeout fires. `RLIMIT_NPROC` is then not set,
+//! configured unprivileged uid/gid (default 65534, never 0). The cgroup bounds a fork bomb
+//! and lets the supervisor kill every process of the run, including `setsid`'d and
+//! double-forked ones, as soon as the main child exits or the timeout fires. `RLIMIT_NPROC` is then not set,
 //! because it counts every process of the uid across concurrent runs. Without root or without
 //! a pids controller, `RLIMIT_NPROC` bounds processes, `setsid` and `setpgid` are denied by
 //! seccomp so the process group holds the whole tree, and the report says `uid` or `rlimit`
@@ -49,6 +51,7 @@ pub mod profile;
 #[cfg(target_os = "linux")]
 mod linux;
 
+use std::num::NonZeroU32;
 use std::path::PathBuf;
 use std::sync::Arc;
 
@@ -60,10 +63,11 @@ use sandbox_core::{Manager, ManagerConfig, ManagerError, Sandbox};
 /// Settings of the Linux backends.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LinuxConfig {
-    /// The uid children run as when the server is root.
-    pub run_uid: u32,
-    /// The gid children run as when the server is root.
-    pub run_gid: u32,
+    /// The uid children run as when the server is root. Never 0: a child that kept root's
+    /// uid would own root's files, whatever capabilities it lost.
+    pub run_uid: NonZeroU32,
+    /// The gid children run as when the server is root. Never 0, for root's group's files.
+    pub run_gid: NonZeroU32,
     /// Where per-run work directories are created.
     pub work_root: PathBuf,
     /// Use a per-run pids cgroup when the server is root and a pids controller is mounted.
@@ -74,13 +78,16 @@ impl Default for LinuxConfig {
     /// uid and gid 65534 (nobody), work directories under `$TMPDIR/cordon-runs`, cgroups on.
     fn default() -> Self {
         LinuxConfig {
-            run_uid: 65534,
-            run_gid: 65534,
+            run_uid: NOBODY,
+            run_gid: NOBODY,
             work_root: std::env::temp_dir().join("cordon-runs"),
             cgroup: true,
         }
     }
 }
+
+/// uid and gid 65534, `nobody` and `nogroup` on most distributions.
+const NOBODY: NonZeroU32 = NonZeroU32::new(65534).expect("65534 is not 0");
 
 /// The Linux backends, strongest first (empty on other operating systems).
 pub fn candidates(config: &LinuxConfig) -> Vec<Arc<dyn Sandbox>> {

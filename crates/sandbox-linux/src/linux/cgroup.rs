@@ -10,11 +10,14 @@
 //! bookkeeping, so a run's cgroup goes back to a small pool once it is empty again and the
 //! next run reuses it: `pids.max` is set anew, and the count of refused forks is measured
 //! from where the previous run left it. A cgroup that cannot be emptied is never reused.
-//! The cgroup keeps its `pids.max`, `pids.current` and `pids.events` open, so a run reads and
-//! writes them with one system call each instead of a path walk, an open and a close; a run
+//! The cgroup keeps its `pids.max`, `pids.current`, `pids.events` and (v2) `cgroup.kill`
+//! open, so a run reads and writes them with one system call each instead of a path walk, an
+//! open and a close, and a kill works even when the server is out of descriptors; a run
 //! that left no process behind (`pids.current` is 0) is done without listing `cgroup.procs`.
 //! That file is opened afresh for every listing: a v1 descriptor that is read again may be
-//! served the process list it cached a moment ago.
+//! served the process list it cached a moment ago. A listing that cannot be made (no
+//! descriptor left, say) never counts as an empty cgroup: the caller falls back to killing
+//! the process group, and the cgroup is not reused.
 //!
 //! When the server starts it removes cgroups left by a server that crashed (its pid is gone),
 //! killing what is still inside, so a crash leaves nothing running for long.
@@ -51,6 +54,8 @@ struct ControlFiles {
     current: File,
     /// `pids.events`, for reading.
     events: File,
+    /// `cgroup.kill`, for writing (v2 only: v1 has none).
+    kill: Option<File>,
     /// The refused forks counted once the last run's processes were all gone (`u64::MAX`:
     /// not known). Nothing can fork in an empty cgroup, so the next run starts from there
     /// without reading the file again.
@@ -58,12 +63,15 @@ struct ControlFiles {
 }
 
 impl ControlFiles {
-    fn open(dir: &Path) -> io::Result<ControlFiles> {
+    fn open(dir: &Path, v2: bool) -> io::Result<ControlFiles> {
+        let write = |name: &str| OpenOptions::new().write(true).open(dir.join(name));
         Ok(ControlFiles {
-            max: OpenOptions::new().write(true).open(dir.join("pids.max"))?,
+            max: write("pids.max")?,
             max_written: AtomicU64::new(u64::MAX),
             current: File::open(dir.join("pids.current"))?,
             events: File::open(dir.join("pids.events"))?,
+            // Linux 5.14 and later; before, the listing kills alone.
+            kill: if v2 { write("cgroup.kill").ok() } else { None },
             refused_when_emptied: AtomicU64::new(u64::MAX),
         })
     }
@@ -179,7 +187,6 @@ impl CgroupRoot {
                 dir: idle.dir,
                 procs: Some(idle.procs),
                 files: Some(idle.files),
-                v2: self.v2,
                 refused_before,
                 pool: Some(Arc::clone(&self.pool)),
                 emptied: AtomicBool::new(false),
@@ -197,12 +204,11 @@ impl CgroupRoot {
             procs: None,
             files: None,
             dir,
-            v2: self.v2,
             refused_before: 0,
             pool: None,
             emptied: AtomicBool::new(false),
         };
-        let files = ControlFiles::open(&cgroup.dir)?;
+        let files = ControlFiles::open(&cgroup.dir, self.v2)?;
         files.set_max(max_processes)?;
         cgroup.files = Some(files);
         cgroup.procs = Some(
@@ -239,16 +245,17 @@ fn sweep_stale(cordon: &Path) {
     }
 }
 
-/// Sends SIGKILL to every process in the cgroup at `dir` until none is left (bounded).
+/// Sends SIGKILL to every process in the cgroup at `dir` until none is left (bounded); true
+/// when it is empty. Only a cgroup that no longer exists counts as empty without a listing:
+/// one that cannot be read (no descriptor left, say) may still hold processes.
 fn kill_listed(dir: &Path) -> bool {
     let procs = dir.join("cgroup.procs");
     for round in 0..200 {
         let mut text = String::new();
-        if File::open(&procs)
-            .and_then(|mut f| f.read_to_string(&mut text))
-            .is_err()
-        {
-            return true;
+        match File::open(&procs).and_then(|mut f| f.read_to_string(&mut text)) {
+            Ok(_) => {}
+            Err(error) if error.kind() == io::ErrorKind::NotFound => return true,
+            Err(_) => return false,
         }
         let pids: Vec<libc::pid_t> = text.lines().filter_map(|l| l.parse().ok()).collect();
         if pids.is_empty() {
@@ -273,7 +280,6 @@ pub(crate) struct RunCgroup {
     procs: Option<File>,
     /// `None` only while a new cgroup is being set up.
     files: Option<ControlFiles>,
-    v2: bool,
     /// Forks `pids.max` had refused before this run (a reused cgroup keeps counting).
     refused_before: u64,
     /// Where the cgroup goes back when it is empty; `None` until it is fully set up.
@@ -305,8 +311,9 @@ impl RunCgroup {
             self.emptied.store(true, Ordering::Relaxed);
             return true;
         }
-        if self.v2 {
-            let _ = fs::write(self.dir.join("cgroup.kill"), "1");
+        if let Some(kill) = self.files.as_ref().and_then(|f| f.kill.as_ref()) {
+            // Kills every process at once, forking or not; the listing below confirms it.
+            let _ = kill.write_at(b"1", 0);
         }
         let empty = kill_listed(&self.dir);
         self.emptied.store(empty, Ordering::Relaxed);
@@ -343,8 +350,9 @@ impl Drop for RunCgroup {
                 return;
             }
         }
+        // The control files stay open until the end: the kills below use them, and open
+        // files do not keep a cgroup from being removed.
         self.procs = None;
-        self.files = None;
         for _ in 0..50 {
             self.kill_all();
             if fs::remove_dir(&self.dir).is_ok() {

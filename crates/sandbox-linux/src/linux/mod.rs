@@ -1,33 +1,29 @@
 //! The Linux backends: one [`LinuxSandbox`] per technology, sharing the host probe.
 
 mod cgroup;
+mod child;
 mod landlock;
 mod seccomp;
 mod spawn;
 pub(crate) mod work_fs;
 
 use std::collections::BTreeMap;
-use std::future::Future;
 use std::io;
-use std::os::fd::{FromRawFd, OwnedFd, RawFd};
 use std::path::PathBuf;
-use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::Instant;
 
 use sandbox_core::supervise::{
-    ExitInfo, ProcessControl, WorkDir, child_environment, resolve_program, supervise,
+    ProcessControl, WorkDir, child_environment, resolve_program, supervise,
 };
 use sandbox_core::{
     Capabilities, Ceiling, Containment, EnforcementReport, LandlockStatus, NetworkPolicy, RunError,
     RunFuture, RunOptions, RunOutcome, RunRequest, Sandbox, Technology,
 };
-use tokio::io::unix::AsyncFd;
 
 use crate::LinuxConfig;
 use crate::profile;
-use cgroup::{CgroupRoot, RunCgroup};
+use cgroup::CgroupRoot;
 
 /// What this host offers, probed once.
 #[derive(Debug)]
@@ -36,7 +32,8 @@ struct Host {
     seccomp: bool,
     root: bool,
     cap_last_cap: u32,
-    caps_empty: bool,
+    /// The server's capability bounding set is empty: execve grants no file capability.
+    bounding_set_empty: bool,
     cgroup: Option<CgroupRoot>,
 }
 
@@ -50,11 +47,11 @@ impl Host {
             .ok()
             .and_then(|s| s.trim().parse().ok())
             .unwrap_or(40);
-        let caps_empty = std::fs::read_to_string("/proc/self/status")
+        let bounding_set_empty = std::fs::read_to_string("/proc/self/status")
             .ok()
             .and_then(|s| {
                 s.lines()
-                    .find_map(|l| l.strip_prefix("CapPrm:").map(|v| v.trim().to_owned()))
+                    .find_map(|l| l.strip_prefix("CapBnd:").map(|v| v.trim().to_owned()))
             })
             .is_some_and(|v| v.chars().all(|c| c == '0'));
         let cgroup = if root && config.cgroup {
@@ -68,7 +65,7 @@ impl Host {
             seccomp,
             root,
             cap_last_cap,
-            caps_empty,
+            bounding_set_empty,
             cgroup,
         }
     }
@@ -152,15 +149,24 @@ impl Inner {
 
     fn uid(&self) -> u32 {
         if self.host.root {
-            self.config.run_uid
+            self.config.run_uid.get()
         } else {
             // SAFETY: geteuid has no preconditions.
             unsafe { libc::geteuid() }
         }
     }
 
+    /// Whether the child can hold no capability. It starts with none: the spawner threads
+    /// have emptied their inheritable (and so ambient) set, and their permitted set unless
+    /// the server is root, whose children lose theirs when they change uid (`spawn.rs`). What
+    /// execve could still grant comes from file capabilities, limited by the bounding set:
+    /// empty when the server is root (dropped) or started without one, and with
+    /// `no_new_privs` execve grants nothing the process did not hold. Only a server that is
+    /// neither root nor without a bounding set, running `none` (no `no_new_privs`), leaves a
+    /// child that can gain capabilities, as any process of its uid could, by executing a
+    /// program that has file capabilities.
     fn capabilities_dropped(&self) -> bool {
-        self.host.root || self.host.caps_empty
+        self.host.root || self.layers.no_new_privs || self.host.bounding_set_empty
     }
 
     fn missing(&self, report: &EnforcementReport) -> Vec<String> {
@@ -175,6 +181,7 @@ impl Inner {
         need(report.ipc_scoping, "ipc_scoping");
         need(report.seccomp, "seccomp");
         need(report.no_new_privs, "no_new_privs");
+        need(report.capabilities_dropped, "capabilities_dropped");
         need(report.rlimits, "rlimits");
         need(
             report.process_containment == Containment::Cgroup,
@@ -288,7 +295,7 @@ impl Inner {
         let owner = self
             .host
             .root
-            .then_some((self.config.run_uid, self.config.run_gid));
+            .then_some((self.config.run_uid.get(), self.config.run_gid.get()));
         let work = match request.cwd() {
             Some(cwd) => WorkDir::existing(cwd),
             None => {
@@ -326,6 +333,7 @@ impl Inner {
             }
             None => None,
         };
+        let contained = cgroup.is_some();
         let (tcp, tcp_bind) = match policy.network() {
             NetworkPolicy::None => (false, false),
             NetworkPolicy::Tcp { bind_ports, .. } => (true, !bind_ports.is_empty()),
@@ -335,7 +343,7 @@ impl Inner {
                 tcp,
                 tcp_bind,
                 unix_sockets: policy.allow_unix_sockets(),
-                lock_process_group: cgroup.is_none(),
+                lock_process_group: !contained,
             };
             // Compiled once per variant; a profile that does not compile fails the run here.
             seccomp::thread_program(variant).map_err(|e| RunError::Io {
@@ -368,7 +376,7 @@ impl Inner {
             no_new_privs: self.layers.no_new_privs,
             capabilities_dropped: self.capabilities_dropped(),
             rlimits: self.layers.rlimits,
-            process_containment: self.containment(cgroup.is_some()),
+            process_containment: self.containment(contained),
             uid: self.uid(),
             missing: Vec::new(),
             kernel_enforced: ruleset.is_some() && seccomp_variant.is_some(),
@@ -382,22 +390,17 @@ impl Inner {
             cwd: work.path(),
             stdin: !request.stdin().is_empty(),
             limits: self.layers.rlimits.then_some(&limits),
-            nproc: cgroup.is_none(),
+            nproc: !contained,
             credentials: owner,
             drop_bounding_set: self.host.root.then_some(self.host.cap_last_cap),
             no_new_privs: self.layers.no_new_privs,
-            cgroup_procs: cgroup.as_ref().and_then(|c| c.procs_fd()),
+            cgroup,
             landlock: ruleset.map(|r| r.fd),
             seccomp: seccomp_variant,
         };
         let started = Instant::now();
         let spawned = spawn::spawn(spec).await?;
-        let control = LinuxChild {
-            pid: spawned.pid,
-            waited: AtomicBool::new(false),
-            cgroup,
-            reaped: AtomicBool::new(false),
-        };
+        let control = spawned.child;
         let supervised = supervise(
             &control,
             spawned.pipes,
@@ -447,156 +450,5 @@ impl Sandbox for LinuxSandbox {
 
     fn run(&self, request: RunRequest, options: RunOptions, ceiling: &Arc<Ceiling>) -> RunFuture {
         Box::pin(Arc::clone(&self.inner).run(request, options, Arc::clone(ceiling)))
-    }
-}
-
-/// The parent's handle on a running child.
-#[derive(Debug)]
-struct LinuxChild {
-    pid: libc::pid_t,
-    /// Set by the one [`ProcessControl::wait_exit`] a child gets.
-    waited: AtomicBool,
-    cgroup: Option<RunCgroup>,
-    reaped: AtomicBool,
-}
-
-impl LinuxChild {
-    /// Whether the child has exited, without reaping it.
-    fn has_exited(&self) -> io::Result<bool> {
-        // SAFETY: siginfo_t is plain data that waitid fills.
-        let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
-        let id = libc::id_t::try_from(self.pid).map_err(io::Error::other)?;
-        // SAFETY: pid is our unreaped child and info a valid siginfo_t; WNOWAIT leaves the
-        // child to be reaped later.
-        let r = unsafe {
-            libc::waitid(
-                libc::P_PID,
-                id,
-                &mut info,
-                libc::WEXITED | libc::WNOHANG | libc::WNOWAIT,
-            )
-        };
-        if r < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        // SAFETY: waitid filled info; si_pid is 0 when no child has changed state.
-        Ok(unsafe { info.si_pid() } != 0)
-    }
-
-    /// A pidfd for the child, to wait for its exit in the runtime's poller. The child is not
-    /// reaped yet and only this handle reaps it, so the pid still names it.
-    fn open_pidfd(&self) -> io::Result<OwnedFd> {
-        // SAFETY: pidfd_open takes a pid and flags and returns a new descriptor or -1.
-        let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, self.pid, 0u32) };
-        if fd < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        let fd = RawFd::try_from(fd).map_err(io::Error::other)?;
-        // SAFETY: pidfd_open returned a fresh close-on-exec descriptor that nobody else owns.
-        Ok(unsafe { OwnedFd::from_raw_fd(fd) })
-    }
-
-    /// Reaps the child if it has exited; `None` if it is still running.
-    fn try_reap(&self, flags: libc::c_int) -> io::Result<Option<ExitInfo>> {
-        let mut status = 0;
-        // SAFETY: rusage is plain data that wait4 fills.
-        let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
-        // SAFETY: pid is our unreaped child; status and usage are valid pointers.
-        let r = unsafe { libc::wait4(self.pid, &mut status, flags, &mut usage) };
-        if r < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        if r == 0 {
-            return Ok(None);
-        }
-        self.reaped.store(true, Ordering::SeqCst);
-        let micros = |t: libc::timeval| {
-            u64::try_from(t.tv_sec).unwrap_or(0) * 1_000_000 + u64::try_from(t.tv_usec).unwrap_or(0)
-        };
-        let exited = libc::WIFEXITED(status);
-        Ok(Some(ExitInfo {
-            exit_code: exited.then(|| libc::WEXITSTATUS(status)),
-            signal: libc::WIFSIGNALED(status).then(|| libc::WTERMSIG(status)),
-            user_cpu_us: micros(usage.ru_utime),
-            sys_cpu_us: micros(usage.ru_stime),
-            max_rss_bytes: u64::try_from(usage.ru_maxrss).unwrap_or(0) * 1024,
-        }))
-    }
-}
-
-impl ProcessControl for LinuxChild {
-    fn wait_exit(&self) -> Pin<Box<dyn Future<Output = io::Result<ExitInfo>> + Send + '_>> {
-        Box::pin(async move {
-            if self.waited.swap(true, Ordering::SeqCst) {
-                return Err(io::Error::other("the child is already being waited for"));
-            }
-            // A short program has often exited before its supervision starts; it is reaped at
-            // once, without a pidfd or the runtime's poller, which would wake a runtime thread
-            // only to report the exit found here.
-            if let Some(exit) = self.try_reap(libc::WNOHANG)? {
-                return Ok(exit);
-            }
-            let pidfd = self.open_pidfd()?;
-            // SAFETY: the descriptor is owned by the AsyncFd and stays open as long as it.
-            let pidfd = unsafe { AsyncFd::register(pidfd) }.map_err(io::Error::from)?;
-            loop {
-                let mut guard = pidfd.readable().await?;
-                if self.has_exited()? {
-                    break;
-                }
-                guard.clear_ready();
-            }
-            // Reaping wakes every poller of the pidfd, so it leaves the runtime's poller first:
-            // otherwise each run would wake a runtime thread for nothing as it ends.
-            drop(pidfd);
-            self.try_reap(libc::WNOHANG)?
-                .ok_or_else(|| io::Error::other("the exited child could not be reaped"))
-        })
-    }
-
-    fn kill_tree(&self) {
-        // Every process of the run is born in its cgroup, so once the cgroup is empty there is
-        // nothing left to signal.
-        if let Some(cgroup) = &self.cgroup
-            && cgroup.kill_all()
-        {
-            return;
-        }
-        // SAFETY: kill has no memory effects. The process group id is the child's pid
-        // (setpgid(0, 0) in the child); it cannot be reused while a member is alive.
-        unsafe {
-            libc::kill(-self.pid, libc::SIGKILL);
-            if !self.reaped.load(Ordering::SeqCst) {
-                libc::kill(self.pid, libc::SIGKILL);
-            }
-        }
-    }
-
-    fn violations(&self) -> Vec<String> {
-        match &self.cgroup {
-            Some(c) if c.limit_hits() > 0 => {
-                vec![format!("process_limit ({} forks refused)", c.limit_hits())]
-            }
-            _ => Vec::new(),
-        }
-    }
-}
-
-impl Drop for LinuxChild {
-    fn drop(&mut self) {
-        if self.reaped.load(Ordering::SeqCst) {
-            return;
-        }
-        // The run was cancelled: kill everything, then reap the child off the async thread
-        // (a SIGKILLed process exits promptly, but not necessarily before we return).
-        self.kill_tree();
-        if let Ok(Some(_)) = self.try_reap(libc::WNOHANG) {
-            return;
-        }
-        let pid = self.pid;
-        std::thread::spawn(move || {
-            // SAFETY: pid is our unreaped child; a null status pointer is allowed.
-            unsafe { libc::waitpid(pid, std::ptr::null_mut(), 0) };
-        });
     }
 }

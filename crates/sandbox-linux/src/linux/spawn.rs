@@ -25,10 +25,14 @@
 //! variant (network mode, unix sockets) gets a small pool of long-lived spawner threads that
 //! drop their bounding set (when the server is root) and install the variant's filter on
 //! themselves once, and every child is cloned by one of them: it starts with both already
-//! in force, before it runs a single instruction of its own. The spawner threads do nothing
-//! but clone, read the child's setup outcome and reply; they keep every signal blocked and
-//! never exit, which also gives `PR_SET_PDEATHSIG` (tied to the thread that cloned) a parent that
-//! lives as long as the server. When the process group must be locked (no cgroup), the
+//! in force, before it runs a single instruction of its own. Capabilities belong to a thread
+//! too: the spawner threads give up their inheritable set, which takes the ambient set with
+//! it, and, when the server is not root, their permitted and effective sets, so no child
+//! starts with a capability of the server (a root server's children lose theirs when they
+//! change uid), at no cost per run. The spawner threads do nothing but clone, read the
+//! child's setup outcome and reply; they keep every signal blocked and never exit, which also
+//! gives `PR_SET_PDEATHSIG` (tied to the thread that cloned) a parent that lives as long as
+//! the server. When the process group must be locked (no cgroup), the
 //! child cannot inherit the `setpgid` rule, because it calls `setpgid` itself: it installs
 //! that small second filter after doing so. On the development machine this took a run of
 //! `/bin/true` from 2.4 ms to 1.1 ms, and it keeps the async runtime's threads free while
@@ -38,11 +42,15 @@
 //! only make async-signal-safe calls. Everything that allocates is done before the clone, in
 //! [`ChildPlan`]: C strings for the program, argv, envp and cwd and their pointer arrays, the
 //! rlimit table, the `sock_fprog` header of the already compiled process group lock filter, the
-//! Landlock ruleset descriptor, the cgroup descriptor. The plan owns every descriptor it
-//! names, so a caller that gives up waiting (a cancelled run) cannot close one under the
-//! child; the spawner kills and reaps a child nobody waits for. The child then runs only raw
-//! system calls (`libc` wrappers that do nothing but the call, or `syscall` directly for
-//! set*id, whose glibc wrappers synchronize threads) and `execve`. A failed step is stored in
+//! Landlock ruleset descriptor, the cgroup descriptor, the descriptor limit for the
+//! close-on-exec fallback. The job owns every descriptor the plan names, and the run's
+//! cgroup, so a caller that gives up waiting (a cancelled run) cannot close one under the
+//! child or see its cgroup pooled while a child may still join it. The child comes back as a
+//! [`LinuxChild`], which kills the run and reaps the child if it is dropped unsupervised,
+//! whether by the spawner (the run is gone) or in the reply (the run went before reading it).
+//! The child then runs only raw system calls (`libc` wrappers that do nothing but the call,
+//! or `syscall` directly where the glibc wrapper does more: set*id synchronize threads,
+//! `write` and `fcntl` are cancellation points) and `execve`. A failed step is stored in
 //! the plan as (step, errno), in the memory the child shares with the suspended spawner
 //! thread, and the child exits with 127. The thread resumes only once the child has exited or
 //! its `execve` has passed the point of no return, so it then reads either the failure or
@@ -61,6 +69,8 @@ use sandbox_core::supervise::ChildPipes;
 use sandbox_core::{Limits, RunError};
 use tokio::sync::oneshot;
 
+use super::cgroup::RunCgroup;
+use super::child::LinuxChild;
 use super::seccomp::{self, Program, Variant};
 
 /// The steps of the child, named in errors.
@@ -99,10 +109,13 @@ pub(crate) struct SpawnSpec<'a> {
     /// Switch to this uid and gid (the server is root).
     pub(crate) credentials: Option<(u32, u32)>,
     /// Drop the capability bounding set up to this capability number (needs root). The
-    /// spawner thread drops it once for all its children.
+    /// spawner thread drops it once for all its children; without it the spawner thread
+    /// drops its permitted set instead.
     pub(crate) drop_bounding_set: Option<u32>,
     pub(crate) no_new_privs: bool,
-    pub(crate) cgroup_procs: Option<BorrowedFd<'a>>,
+    /// The run's cgroup, which the child joins. It travels with the job and comes back with
+    /// the child, so it is never pooled while a child may still join it.
+    pub(crate) cgroup: Option<RunCgroup>,
     /// The Landlock ruleset, handed to the child's plan, which keeps it open until the child
     /// has used it.
     pub(crate) landlock: Option<OwnedFd>,
@@ -110,10 +123,10 @@ pub(crate) struct SpawnSpec<'a> {
     pub(crate) seccomp: Option<Variant>,
 }
 
-/// A child that has successfully called `execve`.
+/// A child that has successfully called `execve`; dropping it kills the run.
 #[derive(Debug)]
 pub(crate) struct Spawned {
-    pub(crate) pid: libc::pid_t,
+    pub(crate) child: LinuxChild,
     pub(crate) pipes: ChildPipes,
 }
 
@@ -131,6 +144,11 @@ struct ChildPlan {
     no_new_privs: bool,
     cgroup_procs: RawFd,
     landlock: RawFd,
+    /// Where the close-on-exec fallback stops when `close_range` is unusable: the soft
+    /// `RLIMIT_NOFILE`, at or above which no descriptor can be opened (one opened before a
+    /// program lowered its limit would escape; the server never lowers it). `None` while
+    /// `close_range` works.
+    fd_limit: Option<libc::c_int>,
     /// The process group lock the child installs itself when there is no cgroup; the
     /// variant's main filter comes with the spawner thread.
     lock_filter: Option<libc::sock_fprog>,
@@ -143,12 +161,15 @@ struct ChildPlan {
     failure: AtomicU64,
     empty_mask: libc::sigset_t,
     default_action: libc::sigaction,
-    /// The descriptors behind the raw numbers above, closed when the plan is dropped.
+    /// The descriptors behind the raw numbers above, closed when the plan is dropped, but
+    /// for the cgroup's, which the job holds with the cgroup.
     _owned: Vec<OwnedFd>,
 }
 
-// SAFETY: the raw pointers point into heap buffers the plan itself owns (`_argv`, `_env`,
-// `_lock_program`), which do not move when the plan does; nothing else refers to them.
+// SAFETY: `argv_ptrs` and `env_ptrs` point into heap buffers that only the plan owns (`_argv`,
+// `_env`); `lock_filter` points into the `Program` behind `_lock_program`, an `Arc` shared
+// with the per-variant cache, whose instructions nobody modifies. None of them moves when the
+// plan does, and nothing writes through the pointers, so another thread may use them.
 unsafe impl Send for ChildPlan {}
 
 /// The parent's ends of the child's pipes.
@@ -163,6 +184,8 @@ struct Job {
     plan: ChildPlan,
     parent: ParentEnds,
     program: PathBuf,
+    /// The run's cgroup, whose `cgroup.procs` descriptor the plan names.
+    cgroup: Option<RunCgroup>,
     reply: oneshot::Sender<Result<Spawned, RunError>>,
 }
 
@@ -303,16 +326,17 @@ pub(crate) async fn spawn(spec: SpawnSpec<'_>) -> Result<Spawned, RunError> {
         len: u16::try_from(p.len()).unwrap_or(u16::MAX),
         filter: p.as_ptr().cast_mut(),
     });
-    let dup = |fd: Option<BorrowedFd<'_>>| {
-        fd.map(|fd| fd.try_clone_to_owned())
-            .transpose()
-            .map_err(|source| RunError::Io {
-                what: "passing a descriptor to the child",
-                source,
-            })
-    };
-    let cgroup_procs = dup(spec.cgroup_procs)?;
+    let cgroup_procs = spec
+        .cgroup
+        .as_ref()
+        .and_then(RunCgroup::procs_fd)
+        .map_or(-1, |fd| fd.as_raw_fd());
     let landlock = spec.landlock;
+    let fd_limit = if close_range_works() {
+        None
+    } else {
+        Some(descriptor_limit()?)
+    };
 
     let (stdin_r, stdin_w) = if spec.stdin {
         let (read, write) = pipe()?;
@@ -353,8 +377,9 @@ pub(crate) async fn spawn(spec: SpawnSpec<'_>) -> Result<Spawned, RunError> {
         rlimits,
         credentials: spec.credentials,
         no_new_privs: spec.no_new_privs,
-        cgroup_procs: cgroup_procs.as_ref().map_or(-1, |fd| fd.as_raw_fd()),
+        cgroup_procs,
         landlock: landlock.as_ref().map_or(-1, |fd| fd.as_raw_fd()),
+        fd_limit,
         lock_filter,
         _lock_program: lock,
         parent_pid: server_pid(),
@@ -364,9 +389,8 @@ pub(crate) async fn spawn(spec: SpawnSpec<'_>) -> Result<Spawned, RunError> {
         failure: AtomicU64::new(NO_FAILURE),
         empty_mask,
         default_action,
-        _owned: [stdin_r, Some(stdout_w), Some(stderr_w)]
+        _owned: [stdin_r, Some(stdout_w), Some(stderr_w), landlock]
             .into_iter()
-            .chain([cgroup_procs, landlock])
             .flatten()
             .collect(),
     };
@@ -379,6 +403,7 @@ pub(crate) async fn spawn(spec: SpawnSpec<'_>) -> Result<Spawned, RunError> {
             stderr: stderr_r,
         },
         program: spec.program.to_owned(),
+        cgroup: spec.cgroup,
         reply,
     };
     let setup = ThreadSetup {
@@ -395,7 +420,9 @@ pub(crate) async fn spawn(spec: SpawnSpec<'_>) -> Result<Spawned, RunError> {
 /// What a spawner thread applies to itself, once, for all the children it clones.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 struct ThreadSetup {
-    /// Drop the capability bounding set up to this capability number.
+    /// Drop the capability bounding set up to this capability number: the server is root,
+    /// and the thread keeps its permitted and effective sets for the children, which need
+    /// them to join their cgroup and change uid. `None`: drop every capability.
     bounding_set: Option<u32>,
     /// Install this seccomp variant's filter (`None`: no filter).
     seccomp: Option<Variant>,
@@ -544,23 +571,15 @@ fn spawner(setup: ThreadSetup, queue: ThreadLeaves) -> ! {
     loop {
         let job = queue.0.pop();
         let result = match &ready {
-            Ok(()) => clone_child(job.plan, job.parent, job.program),
+            Ok(()) => clone_child(job.plan, job.parent, job.program, job.cgroup),
             Err((stage, errno)) => Err(RunError::Setup {
                 stage,
                 source: io::Error::from_raw_os_error(*errno),
             }),
         };
-        if let Err(Ok(orphan)) = job.reply.send(result) {
-            // The run was cancelled while its child was being set up: nobody will supervise
-            // the child, so it must not run.
-            // SAFETY: kill has no memory effects; the pid is our unreaped child and its
-            // process group (it called setpgid(0, 0) before execve).
-            unsafe {
-                libc::kill(-orphan.pid, libc::SIGKILL);
-                libc::kill(orphan.pid, libc::SIGKILL);
-                libc::waitpid(orphan.pid, std::ptr::null_mut(), 0);
-            }
-        }
+        // A run cancelled meanwhile no longer takes the reply: it comes back and is dropped
+        // here, and the child with it, which kills the run's processes and reaps the child.
+        drop(job.reply.send(result));
     }
 }
 
@@ -586,6 +605,7 @@ fn prepare_thread(setup: ThreadSetup) -> Result<(), (&'static str, i32)> {
             }
         }
     }
+    drop_capabilities(setup.bounding_set.is_some()).map_err(|e| ("capabilities", e))?;
     let Some(variant) = setup.seccomp else {
         return Ok(());
     };
@@ -613,12 +633,105 @@ fn prepare_thread(setup: ThreadSetup) -> Result<(), (&'static str, i32)> {
     Ok(())
 }
 
+/// `struct __user_cap_header_struct` of capget and capset.
+#[repr(C)]
+struct CapHeader {
+    version: u32,
+    pid: libc::c_int,
+}
+
+/// `struct __user_cap_data_struct`: one 32-bit word of each set.
+#[repr(C)]
+#[derive(Clone, Copy, Default)]
+struct CapData {
+    effective: u32,
+    permitted: u32,
+    inheritable: u32,
+}
+
+/// `_LINUX_CAPABILITY_VERSION_3`: two [`CapData`] words, capabilities 0 to 63.
+const CAPABILITY_VERSION_3: u32 = 0x2008_0522;
+
+/// Empties the calling thread's inheritable set and, unless `keep_permitted`, its permitted
+/// and effective sets; returns the errno of a failure.
+///
+/// The kernel keeps the ambient set inside the permitted and inheritable sets, so this
+/// empties the ambient set too: ambient capabilities (systemd's `AmbientCapabilities=` for a
+/// service under `User=`) would otherwise pass execve to every child, `no_new_privs` or not.
+/// An empty inheritable set also keeps a program's inheritable file capabilities from
+/// granting anything. A thread may always lower its own sets, root or not.
+fn drop_capabilities(keep_permitted: bool) -> Result<(), i32> {
+    let header = CapHeader {
+        version: CAPABILITY_VERSION_3,
+        pid: 0,
+    };
+    let mut data = [CapData::default(); 2];
+    let errno = || {
+        io::Error::last_os_error()
+            .raw_os_error()
+            .unwrap_or(libc::EPERM)
+    };
+    if keep_permitted {
+        // SAFETY: capget reads the header and fills the two words of version 3, which
+        // `data` holds; pid 0 is the calling thread.
+        let status =
+            unsafe { libc::syscall(libc::SYS_capget, &raw const header, data.as_mut_ptr()) };
+        if status != 0 {
+            return Err(errno());
+        }
+    }
+    for word in &mut data {
+        word.inheritable = 0;
+    }
+    // SAFETY: capset reads the header and the two words of version 3; pid 0 is the calling
+    // thread, whose sets it only lowers.
+    if unsafe { libc::syscall(libc::SYS_capset, &raw const header, data.as_ptr()) } != 0 {
+        return Err(errno());
+    }
+    Ok(())
+}
+
+/// Whether `close_range` can mark descriptors close-on-exec here (Linux 5.11 and later,
+/// unless a seccomp profile of the host refuses it), asked once, on a range holding no
+/// descriptor. Where it cannot, the child marks them one by one.
+fn close_range_works() -> bool {
+    static WORKS: OnceLock<bool> = OnceLock::new();
+    // SAFETY: close_range takes numbers only; the range lies above every descriptor.
+    *WORKS.get_or_init(|| unsafe {
+        libc::syscall(
+            libc::SYS_close_range,
+            u32::MAX,
+            u32::MAX,
+            CLOSE_RANGE_CLOEXEC,
+        ) == 0
+    })
+}
+
+/// `CLOSE_RANGE_CLOEXEC`: mark the range close-on-exec rather than close it.
+const CLOSE_RANGE_CLOEXEC: libc::c_uint = 1 << 2;
+
+/// The soft `RLIMIT_NOFILE`: open would refuse a descriptor at or above it.
+fn descriptor_limit() -> Result<libc::c_int, RunError> {
+    // SAFETY: rlimit is plain data that getrlimit fills.
+    let mut limit: libc::rlimit = unsafe { std::mem::zeroed() };
+    // SAFETY: limit is a valid rlimit.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } != 0 {
+        return Err(os_error("reading the descriptor limit"));
+    }
+    Ok(libc::c_int::try_from(limit.rlim_cur).unwrap_or(libc::c_int::MAX))
+}
+
 /// What [`ChildPlan::failure`] holds while no step of the child has failed.
 const NO_FAILURE: u64 = u64::MAX;
 
 /// Clones the child of `job` on this (spawner) thread; returns once it has executed the
 /// program or failed to.
-fn clone_child(plan: ChildPlan, parent: ParentEnds, program: PathBuf) -> Result<Spawned, RunError> {
+fn clone_child(
+    plan: ChildPlan,
+    parent: ParentEnds,
+    program: PathBuf,
+    cgroup: Option<RunCgroup>,
+) -> Result<Spawned, RunError> {
     let stack = CHILD_STACK.with(|stack| match stack.get() {
         Some(stack) => Ok(stack.top()),
         None => {
@@ -675,7 +788,7 @@ fn clone_child(plan: ChildPlan, parent: ParentEnds, program: PathBuf) -> Result<
     }
 
     Ok(Spawned {
-        pid,
+        child: LinuxChild::new(pid, cgroup),
         pipes: ChildPipes {
             stdin: parent.stdin,
             stdout: parent.stdout,
@@ -715,7 +828,9 @@ extern "C" fn child_main(arg: *mut libc::c_void) -> libc::c_int {
 /// Only to be called in the cloned child, with a plan prepared by [`spawn`].
 unsafe fn child(plan: &ChildPlan) -> ! {
     // SAFETY: every call below is a raw system call on descriptors and memory prepared
-    // before the clone, which the child only reads; nothing allocates or takes a lock.
+    // before the clone. The child reads the plan and writes only errno and, through `fail`,
+    // the plan's atomic `failure`, which the suspended spawner thread reads once the child
+    // has let it go; nothing allocates or takes a lock.
     unsafe {
         // Handlers of the server must never run here (they would touch its memory), and
         // ignored dispositions would survive execve (Rust ignores SIGPIPE): every signal goes
@@ -732,7 +847,9 @@ unsafe fn child(plan: &ChildPlan) -> ! {
             fail(plan, 0);
         }
 
-        if plan.cgroup_procs >= 0 && libc::write(plan.cgroup_procs, b"0".as_ptr().cast(), 1) != 1 {
+        if plan.cgroup_procs >= 0
+            && libc::syscall(libc::SYS_write, plan.cgroup_procs, b"0".as_ptr(), 1usize) != 1
+        {
             fail(plan, 1);
         }
         if libc::setpgid(0, 0) != 0 {
@@ -743,12 +860,20 @@ unsafe fn child(plan: &ChildPlan) -> ! {
                 fail(plan, 3);
             }
         }
-        // Any descriptor another thread opened without close-on-exec must not leak.
-        const CLOSE_RANGE_CLOEXEC: libc::c_uint = 1 << 2;
-        if libc::syscall(libc::SYS_close_range, 3u32, u32::MAX, CLOSE_RANGE_CLOEXEC) != 0
-            && *libc::__errno_location() != libc::ENOSYS
-        {
-            fail(plan, 4);
+        // Any descriptor another thread opened without close-on-exec must not leak. Where
+        // close_range cannot do it, every number up to the limit is marked one by one (EBADF:
+        // nothing open there); where it should have, its failure fails the run.
+        if libc::syscall(libc::SYS_close_range, 3u32, u32::MAX, CLOSE_RANGE_CLOEXEC) != 0 {
+            let Some(limit) = plan.fd_limit else {
+                fail(plan, 4)
+            };
+            for fd in 3..limit {
+                if libc::syscall(libc::SYS_fcntl, fd, libc::F_SETFD, libc::FD_CLOEXEC) != 0
+                    && *libc::__errno_location() != libc::EBADF
+                {
+                    fail(plan, 4);
+                }
+            }
         }
         for (resource, limit) in &plan.rlimits {
             if libc::setrlimit(*resource, limit) != 0 {

@@ -3,6 +3,7 @@
 #![cfg(target_os = "linux")]
 
 mod filesystem;
+mod inheritance;
 mod limits;
 mod manager;
 mod network;
@@ -11,7 +12,9 @@ mod process;
 mod syscalls;
 
 use std::os::unix::fs::PermissionsExt;
+use std::os::unix::process::CommandExt;
 use std::path::Path;
+use std::process::Command;
 use std::sync::Arc;
 
 use sandbox_core::{
@@ -191,4 +194,84 @@ pub fn marker(name: &str) -> String {
         N.fetch_add(1, Ordering::Relaxed),
         name.len()
     )
+}
+
+/// Children of this process named `comm` that have exited and that nobody has reaped. A
+/// zombie has no command line, so a test that must find one gives its program a name of its
+/// own (the kernel takes `comm` from the path given to execve, so a symlink does it). Orphaned
+/// grandchildren are not counted: they go to init (or a subreaper), whose task reaping is.
+pub fn zombies_named(comm: &str) -> Vec<u32> {
+    let parent = std::process::id().to_string();
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir("/proc").expect("/proc").flatten() {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|n| n.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        // The format is `pid (comm) state ...`; comm may itself contain spaces or ')'.
+        let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else {
+            continue;
+        };
+        let Some((open, close)) = stat.find('(').zip(stat.rfind(')')) else {
+            continue;
+        };
+        let mut fields = stat.get(close + 1..).unwrap_or("").split_whitespace();
+        if stat.get(open + 1..close) == Some(comm)
+            && fields.next() == Some("Z")
+            && fields.next() == Some(parent.as_str())
+        {
+            found.push(pid);
+        }
+    }
+    found
+}
+
+/// Set in the copy of this test binary that [`rerun`] starts.
+const HELPER: &str = "CORDON_IT_HELPER";
+
+/// Whether this process is a copy of the test binary started by [`rerun`]: a test that needs
+/// a process of its own (other credentials, a seccomp filter, an exhausted descriptor table)
+/// plays its inside part there.
+pub fn in_helper() -> bool {
+    std::env::var_os(HELPER).is_some()
+}
+
+/// Runs the test `name` (`module::function`) alone in a new copy of this test binary, where
+/// [`in_helper`] is true, with `env` added and `prepare` applied between fork and exec, and
+/// asserts that it passed. `prepare` runs in the forked child of a process with many threads,
+/// so it may only make raw system calls.
+pub fn rerun(
+    name: &str,
+    env: &[(&str, &str)],
+    prepare: impl FnMut() -> std::io::Result<()> + Send + Sync + 'static,
+) {
+    let mut command = Command::new(std::env::current_exe().expect("the test binary"));
+    command
+        .args([name, "--exact", "--nocapture", "--test-threads=1"])
+        .env(HELPER, "1")
+        .envs(env.iter().copied());
+    // SAFETY: the callers' closures make only raw system calls, which are async-signal-safe.
+    unsafe { command.pre_exec(prepare) };
+    let output = command.output().expect("starting the helper");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(
+        output.status.success() && text.contains("test result: ok. 1 passed"),
+        "the helper {name} failed: {text}"
+    );
+}
+
+/// The last error of a raw system call in a [`rerun`] `prepare` closure.
+pub fn check(result: libc::c_long) -> std::io::Result<()> {
+    if result < 0 {
+        Err(std::io::Error::last_os_error())
+    } else {
+        Ok(())
+    }
 }

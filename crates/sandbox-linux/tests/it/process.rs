@@ -1,5 +1,6 @@
 //! Attacks on other processes and on the run's own containment.
 
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::fs::PermissionsExt;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -238,5 +239,174 @@ fn runs_cancelled_while_their_child_is_set_up_leave_nothing_behind() {
             processes_with(&tag)
         );
         std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// A run cancelled at any moment of its spawn leaves no process and no zombie behind: before
+/// a spawner thread has taken its child, while the child is set up, and after the spawner
+/// has handed the running child over but before the run has collected it. The program forks
+/// a child that calls `setsid`, so only the run's cgroup (or, without one, the process group
+/// that seccomp then keeps it in) reaches it.
+#[test]
+fn runs_cancelled_at_any_moment_of_their_spawn_leave_no_process_or_zombie() {
+    let tag = marker("spawn-cancel");
+    let dir = open_dir();
+    // A name of its own for the run's main process, so that its zombie can be told apart.
+    let comm = format!("cz{}", std::process::id());
+    let program = dir.path().join(&comm);
+    std::os::unix::fs::symlink("/usr/bin/python3", &program).unwrap();
+    let code = "import os, sys, time\n\
+                if os.fork() == 0:\n\
+                \x20   try:\n\
+                \x20       os.setsid()\n\
+                \x20   except OSError:\n\
+                \x20       pass\n\
+                \x20   time.sleep(30)\n\
+                \x20   os._exit(0)\n\
+                time.sleep(30)";
+    let argv = vec![
+        program.display().to_string(),
+        "-c".into(),
+        code.into(),
+        tag.clone(),
+    ];
+    let spec = PolicySpec {
+        read_paths: vec![dir.path().display().to_string()],
+        ..PolicySpec::default()
+    };
+    // From "at once" to "well after the program has forked", so that each stage of the
+    // spawn is hit by some of the cancellations.
+    let delays_us = [0, 20, 100, 300, 1_000, 3_000, 10_000, 30_000, 100_000];
+    let sandbox = strongest();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        for round in 0..45 {
+            let request = RunRequest::new(argv.clone(), policy(spec.clone())).unwrap();
+            let mut run = sandbox.run(request, RunOptions::default(), &unrestricted());
+            let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+            assert!(run.as_mut().poll(&mut cx).is_pending());
+            // The run is not polled again: whatever the spawner thread does meanwhile, the
+            // run never collects the child.
+            std::thread::sleep(Duration::from_micros(delays_us[round % delays_us.len()]));
+            drop(run);
+        }
+    });
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let (alive, zombies) = (processes_with(&tag), zombies_named(&comm));
+        if alive.is_empty() && zombies.is_empty() {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "cancelled runs left processes {alive:?} and zombies {zombies:?} behind"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// A kill that cannot list the run's cgroup (here the server is out of descriptors when the
+/// run ends) must not take the cgroup for empty: the process group is killed instead, and
+/// the cgroup, which may still hold a process that left the group, is never given to
+/// another run.
+#[test]
+fn a_run_cgroup_that_cannot_be_listed_is_never_reused() {
+    if !in_helper() {
+        rerun(
+            "process::a_run_cgroup_that_cannot_be_listed_is_never_reused",
+            &[],
+            || Ok(()),
+        );
+        return;
+    }
+    let tag = marker("unlisted");
+    let spec = PolicySpec {
+        read_paths: vec!["/proc".into()],
+        ..PolicySpec::default()
+    };
+    let code = format!(
+        "import os, time\n\
+         print(open('/proc/self/cgroup').read(), flush=True)\n\
+         if os.fork() == 0:\n\
+         \x20   try:\n\
+         \x20       os.setsid()\n\
+         \x20   except OSError:\n\
+         \x20       pass\n\
+         \x20   os.execvp('sleep', ['sleep', '{tag}'])\n\
+         time.sleep(2)"
+    );
+    // Every descriptor below LOW is taken before the run starts, so the run's own are all
+    // above it; once the run is under way, the soft limit drops to LOW, which makes every new
+    // descriptor fail with EMFILE, also after the run has closed some of its own.
+    const LOW: libc::c_int = 64;
+    let null = std::fs::File::open("/dev/null").unwrap();
+    let mut taken = Vec::new();
+    loop {
+        // SAFETY: F_DUPFD_CLOEXEC duplicates a valid descriptor.
+        let fd = unsafe { libc::fcntl(null.as_raw_fd(), libc::F_DUPFD_CLOEXEC, 0) };
+        assert!(fd >= 0, "{}", std::io::Error::last_os_error());
+        // SAFETY: a fresh descriptor that nothing else owns.
+        taken.push(unsafe { OwnedFd::from_raw_fd(fd) });
+        if fd == LOW - 1 {
+            break;
+        }
+    }
+    let sandbox = strongest();
+    let run = {
+        let sandbox = Arc::clone(&sandbox);
+        let request = RunRequest::new(
+            vec!["python3".into(), "-c".into(), code],
+            policy(spec.clone()),
+        )
+        .unwrap();
+        std::thread::spawn(move || run_on(&sandbox, request))
+    };
+    std::thread::sleep(Duration::from_millis(800));
+    let set_soft_limit = |soft: libc::c_int| {
+        // SAFETY: rlimit is plain data that getrlimit fills.
+        let mut limit: libc::rlimit = unsafe { std::mem::zeroed() };
+        // SAFETY: limit is a valid rlimit; setrlimit only reads it.
+        unsafe {
+            assert_eq!(libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit), 0);
+            limit.rlim_cur = soft as libc::rlim_t;
+            assert_eq!(libc::setrlimit(libc::RLIMIT_NOFILE, &limit), 0);
+        }
+        limit.rlim_max
+    };
+    let hard = set_soft_limit(LOW);
+    let first = run.join().unwrap();
+    set_soft_limit(hard as libc::c_int);
+    drop(taken);
+    assert_eq!(first.exit_code, Some(0), "{}", stderr(&first));
+    let survivors = processes_with(&tag);
+    for pid in &survivors {
+        // SAFETY: kill has no memory effects; the pid runs this test's `sleep`.
+        unsafe { libc::kill(*pid as libc::pid_t, libc::SIGKILL) };
+    }
+    let request =
+        RunRequest::new(vec!["cat".into(), "/proc/self/cgroup".into()], policy(spec)).unwrap();
+    let second = run_on(&sandbox, request);
+    let pids_cgroup = |text: &str| {
+        text.lines()
+            .find(|l| l.contains(":pids:") || l.starts_with("0::"))
+            .unwrap_or_default()
+            .to_owned()
+    };
+    if is_root() {
+        assert_ne!(
+            pids_cgroup(&stdout(&first)),
+            pids_cgroup(&stdout(&second)),
+            "a cgroup that could not be emptied was given to the next run"
+        );
+    }
+    // Without a cgroup, seccomp keeps `setsid` from leaving the process group, which the
+    // fallback kills; with a v2 cgroup, `cgroup.kill` needs no new descriptor. A v1 cgroup
+    // cannot be killed without listing it: there the survivor is only kept out of the pool.
+    let v1 = Path::new("/sys/fs/cgroup/pids/cgroup.procs").exists();
+    if !(is_root() && v1) {
+        assert_eq!(survivors, Vec::<u32>::new(), "a process outlived its run");
     }
 }

@@ -246,6 +246,12 @@ fn bad_sandbox_configuration_refuses_to_start() {
          max_output_bytes = 1\nmax_processes = 1\nmax_file_size_bytes = 1\nmax_open_files = 1\n",
         "timeout_ms",
     );
+    // A run uid or gid of 0 would leave the commands root's identity (the run uid is a
+    // Linux setting; macOS runs commands as the server's user).
+    if cfg!(target_os = "linux") {
+        refuses_to_start("[sandbox]\nrun_uid = 0\n", "sandbox.run_uid must not be 0");
+        refuses_to_start("[sandbox]\nrun_gid = 0\n", "sandbox.run_gid must not be 0");
+    }
 }
 
 /// The pids whose command line is exactly `argv`.

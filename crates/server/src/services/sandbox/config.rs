@@ -24,7 +24,8 @@ pub(crate) struct SandboxConfig {
     pub(crate) max_limits: LimitsConfig,
     /// Limits applied to fields a client leaves at zero.
     pub(crate) default_limits: LimitsConfig,
-    /// The uid and gid sandboxed commands run as when the server is root.
+    /// The uid and gid sandboxed commands run as when the server is root;
+    /// never 0 (a command that kept root's uid would own root's files).
     pub(crate) run_uid: u32,
     pub(crate) run_gid: u32,
     /// Where per-run work directories are created. Default: `<data_dir>/runs`.
@@ -51,8 +52,8 @@ impl Default for SandboxConfig {
             write_roots: Vec::new(),
             max_limits: Limits::MAX.into(),
             default_limits: Limits::default().into(),
-            run_uid: linux.run_uid,
-            run_gid: linux.run_gid,
+            run_uid: linux.run_uid.get(),
+            run_gid: linux.run_gid.get(),
             work_root: None,
             work_fs: WorkFs::Auto,
             work_fs_size_bytes: DEFAULT_WORK_FS_BYTES,
@@ -194,34 +195,35 @@ impl SandboxConfig {
     /// Builds the sandbox manager, with the (absolute) data directory forbidden
     /// to every run. Fails when the configured technology is unavailable.
     /// The Linux backends (Landlock, seccomp, soft, none).
+    /// Fails when `run_uid` or `run_gid` is 0.
     #[cfg(not(target_os = "macos"))]
-    fn platform_manager(
-        &self,
-        work_root: PathBuf,
-        config: ManagerConfig,
-    ) -> Result<Manager, sandbox_core::ManagerError> {
+    fn platform_manager(&self, work_root: PathBuf, config: ManagerConfig) -> Result<Manager> {
+        let id = |value: u32, setting: &str| {
+            std::num::NonZeroU32::new(value).with_context(|| {
+                format!(
+                    "sandbox.{setting} must not be 0: sandboxed commands would keep root's \
+                     identity and own root's files"
+                )
+            })
+        };
         let linux = LinuxConfig {
-            run_uid: self.run_uid,
-            run_gid: self.run_gid,
+            run_uid: id(self.run_uid, "run_uid")?,
+            run_gid: id(self.run_gid, "run_gid")?,
             work_root,
             cgroup: self.cgroup,
         };
-        sandbox_linux::manager(&linux, config)
+        sandbox_linux::manager(&linux, config).context("cannot start the sandbox")
     }
 
     /// The macOS backends (`sandbox-exec`, soft, none). The run uid and the
     /// cgroup settings have no macOS counterpart and are not used there.
     #[cfg(target_os = "macos")]
-    fn platform_manager(
-        &self,
-        work_root: PathBuf,
-        config: ManagerConfig,
-    ) -> Result<Manager, sandbox_core::ManagerError> {
+    fn platform_manager(&self, work_root: PathBuf, config: ManagerConfig) -> Result<Manager> {
         let darwin = sandbox_darwin::DarwinConfig {
             work_root,
             collect_denials: true,
         };
-        sandbox_darwin::manager(&darwin, config)
+        sandbox_darwin::manager(&darwin, config).context("cannot start the sandbox")
     }
 
     /// The work root: `work_root` as configured, or `runs` in the (absolute)
@@ -309,16 +311,14 @@ impl SandboxConfig {
             0 => 4 * std::thread::available_parallelism().map_or(1, |n| n.get()),
             n => n,
         };
-        let manager = self
-            .platform_manager(
-                work_root,
-                ManagerConfig {
-                    technology: self.technology,
-                    ceiling,
-                    max_concurrent_runs,
-                },
-            )
-            .context("cannot start the sandbox")?;
+        let manager = self.platform_manager(
+            work_root,
+            ManagerConfig {
+                technology: self.technology,
+                ceiling,
+                max_concurrent_runs,
+            },
+        )?;
         let capabilities = manager.capabilities();
         if !capabilities.kernel_enforced {
             tracing::warn!(
