@@ -164,18 +164,22 @@ pub fn attack_on(sandbox: &Arc<dyn Sandbox>, policy: Policy, code: &str) -> RunO
     python_on(sandbox, policy, &format!("{PRELUDE}\n{code}"))
 }
 
+/// Every process's pid and `/proc/<pid>` directory.
+fn processes() -> impl Iterator<Item = (u32, std::path::PathBuf)> {
+    std::fs::read_dir("/proc")
+        .expect("/proc")
+        .flatten()
+        .filter_map(|entry| {
+            let pid = entry.file_name().to_str()?.parse::<u32>().ok()?;
+            Some((pid, entry.path()))
+        })
+}
+
 /// Pids of live processes whose command line contains `marker`.
 pub fn processes_with(marker: &str) -> Vec<u32> {
     let mut found = Vec::new();
-    for entry in std::fs::read_dir("/proc").expect("/proc").flatten() {
-        let Some(pid) = entry
-            .file_name()
-            .to_str()
-            .and_then(|n| n.parse::<u32>().ok())
-        else {
-            continue;
-        };
-        if let Ok(cmdline) = std::fs::read(entry.path().join("cmdline"))
+    for (pid, dir) in processes() {
+        if let Ok(cmdline) = std::fs::read(dir.join("cmdline"))
             && String::from_utf8_lossy(&cmdline).contains(marker)
         {
             found.push(pid);
@@ -203,16 +207,9 @@ pub fn marker(name: &str) -> String {
 pub fn zombies_named(comm: &str) -> Vec<u32> {
     let parent = std::process::id().to_string();
     let mut found = Vec::new();
-    for entry in std::fs::read_dir("/proc").expect("/proc").flatten() {
-        let Some(pid) = entry
-            .file_name()
-            .to_str()
-            .and_then(|n| n.parse::<u32>().ok())
-        else {
-            continue;
-        };
+    for (pid, dir) in processes() {
         // The format is `pid (comm) state ...`; comm may itself contain spaces or ')'.
-        let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else {
+        let Ok(stat) = std::fs::read_to_string(dir.join("stat")) else {
             continue;
         };
         let Some((open, close)) = stat.find('(').zip(stat.rfind(')')) else {

@@ -216,26 +216,13 @@ fn disabled_ca_is_not_served_and_bad_ca_configuration_is_refused() {
     }
 }
 
-/// Runs a CertAuthority method with grpcurl as the server's admin; returns
-/// whether it succeeded and the JSON or error it printed.
+/// Runs a CertAuthority method with grpcurl as the server's admin.
 fn ca_call(server: &TestServer, method: &str, request: &Value) -> (bool, String) {
-    let output = harness::grpcurl_as_admin(server)
-        .args([
-            "-connect-timeout",
-            "3",
-            "-d",
-            &request.to_string(),
-            &server.addr,
-            &format!("cordon.ca.v1.CertAuthority/{method}"),
-        ])
-        .output()
-        .unwrap();
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    );
-    (output.status.success(), text)
+    harness::grpcurl_call(
+        server,
+        &format!("cordon.ca.v1.CertAuthority/{method}"),
+        request,
+    )
 }
 
 /// The development certificates made at a first start are in the inventory:

@@ -142,6 +142,27 @@ pub(crate) fn grpcurl_as_admin(server: &TestServer) -> Command {
     command
 }
 
+/// Calls `method` (`package.Service/Method`) with the JSON `request` through
+/// grpcurl as `server`'s admin; returns whether it succeeded and everything
+/// it printed. A refused connection gives up after three seconds.
+pub(crate) fn grpcurl_call(
+    server: &TestServer,
+    method: &str,
+    request: &serde_json::Value,
+) -> (bool, String) {
+    let output = grpcurl_as_admin(server)
+        .args(["-connect-timeout", "3", "-d", &request.to_string()])
+        .args([&server.addr, method])
+        .output()
+        .expect("run grpcurl");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    (output.status.success(), text)
+}
+
 /// Runs one of the scripts in `tests/python` with a JSON context file and
 /// fails the test, with the script's output, when any of its checks fail.
 pub(crate) fn run_python(script: &str, context: &serde_json::Value) {

@@ -267,24 +267,9 @@ fn processes_running(argv: &[&str]) -> Vec<u32> {
         .collect()
 }
 
-/// Runs `cordon.sandbox.v1.Sandbox/Run` with grpcurl as admin; returns whether it
-/// succeeded and what it printed.
+/// Runs `cordon.sandbox.v1.Sandbox/Run` with grpcurl as admin.
 fn grpcurl_run(server: &TestServer, request: &serde_json::Value) -> (bool, String) {
-    let output = harness::grpcurl_as_admin(server)
-        .args([
-            "-d",
-            &request.to_string(),
-            &server.addr,
-            "cordon.sandbox.v1.Sandbox/Run",
-        ])
-        .output()
-        .unwrap();
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    );
-    (output.status.success(), text)
+    harness::grpcurl_call(server, "cordon.sandbox.v1.Sandbox/Run", request)
 }
 
 /// A work root the operator moved out of the data directory is as ungrantable as the data
