@@ -258,19 +258,24 @@ impl Inner {
             },
         );
         let containment = self.containment(self.host.cgroup.is_some());
+        // Without a cgroup the run is killed by its process group, which seccomp locks (no
+        // setsid, no setpgid); without seccomp a process can leave the group and outlive
+        // the run.
+        let group = if self.layers.seccomp && self.host.seccomp {
+            "process group killed, and locked by seccomp"
+        } else {
+            "process group killed; a process that calls setsid or setpgid leaves it and \
+             outlives the run"
+        };
         layer(
             "process_containment",
             match containment {
                 Containment::Cgroup => {
                     "per-run pids cgroup: process count bounded, whole tree killed".into()
                 }
-                Containment::Uid => {
-                    "unprivileged uid with RLIMIT_NPROC; process group killed".into()
-                }
-                Containment::Rlimit => {
-                    "RLIMIT_NPROC of the server's uid; process group killed".into()
-                }
-                Containment::None => "process group killed; process count not bounded".into(),
+                Containment::Uid => format!("unprivileged uid with RLIMIT_NPROC; {group}"),
+                Containment::Rlimit => format!("RLIMIT_NPROC of the server's uid; {group}"),
+                Containment::None => format!("{group}; process count not bounded"),
             },
         );
         Capabilities {

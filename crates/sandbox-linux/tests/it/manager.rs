@@ -106,6 +106,44 @@ fn soft_backend_reports_honestly_and_refuses_required_enforcement() {
     assert!(e.missing.contains(&"seccomp".to_owned()));
 }
 
+/// Without a cgroup, a run is killed by its process group, which only seccomp locks. The
+/// soft backend says that a process calling setsid outlives the run, and one does; the
+/// seccomp backend says the group is locked.
+#[test]
+fn without_a_cgroup_the_report_says_whether_setsid_escapes() {
+    let no_cgroup = LinuxConfig {
+        cgroup: false,
+        ..LinuxConfig::default()
+    };
+    let seccomp = sandbox_linux::manager(&no_cgroup, config(Technology::Seccomp, 4)).unwrap();
+    let text = &seccomp.capabilities().layers["process_containment"];
+    assert!(text.contains("locked by seccomp"), "{text}");
+
+    let soft = sandbox_linux::manager(&no_cgroup, config(Technology::Soft, 4)).unwrap();
+    let text = &soft.capabilities().layers["process_containment"];
+    assert!(text.contains("outlives the run"), "{text}");
+    let m = marker("setsid-escape");
+    let script = format!("setsid sleep {m} </dev/null >/dev/null 2>&1 & sleep 0.2");
+    let request = RunRequest::new(
+        vec!["sh".into(), "-c".into(), script],
+        policy(PolicySpec::default()),
+    )
+    .unwrap();
+    let outcome = rt()
+        .block_on(soft.run(request, RunOptions::default()))
+        .unwrap();
+    assert_eq!(outcome.exit_code, Some(0), "{}", stderr(&outcome));
+    let survivors = processes_with(&m);
+    for pid in &survivors {
+        // SAFETY: kill has no memory effects; the pid runs this test's own sleep.
+        unsafe { libc::kill(i32::try_from(*pid).unwrap(), libc::SIGKILL) };
+    }
+    assert!(
+        !survivors.is_empty(),
+        "the report says setsid escapes, but nothing did"
+    );
+}
+
 #[test]
 fn the_ceiling_is_enforced_at_run_time() {
     let data = open_dir();
