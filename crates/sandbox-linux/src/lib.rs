@@ -43,7 +43,9 @@
 //! because it counts every process of the uid across concurrent runs. Without root or without
 //! a pids controller, `RLIMIT_NPROC` bounds processes, `setsid` and `setpgid` are denied by
 //! seccomp so the process group holds the whole tree, and the report says `uid` or `rlimit`
-//! instead of `cgroup`.
+//! instead of `cgroup`. Without root the run has the server's uid, so the limit is
+//! `max_processes` plus the server's own threads at the time of the spawn, which the kernel
+//! counts too; other tasks of that uid still share it.
 #![cfg_attr(not(target_os = "linux"), forbid(unsafe_code))]
 
 pub mod profile;

@@ -104,8 +104,9 @@ pub(crate) struct SpawnSpec<'a> {
     pub(crate) stdin: bool,
     /// rlimits to set as hard limits; `None` sets none.
     pub(crate) limits: Option<&'a Limits>,
-    /// Also set `RLIMIT_NPROC` (when no cgroup bounds the processes).
-    pub(crate) nproc: bool,
+    /// Also set `RLIMIT_NPROC` (when no cgroup bounds the processes) to this many tasks of
+    /// the child's uid.
+    pub(crate) nproc: Option<u64>,
     /// Switch to this uid and gid (the server is root).
     pub(crate) credentials: Option<(u32, u32)>,
     /// Drop the capability bounding set up to this capability number (needs root). The
@@ -309,8 +310,8 @@ pub(crate) async fn spawn(spec: SpawnSpec<'_>) -> Result<Spawned, RunError> {
         rlimits.push((libc::RLIMIT_FSIZE, rlimit(l.max_file_size_bytes)));
         rlimits.push((libc::RLIMIT_NOFILE, rlimit(l.max_open_files)));
         rlimits.push((libc::RLIMIT_CORE, rlimit(0)));
-        if spec.nproc {
-            rlimits.push((libc::RLIMIT_NPROC, rlimit(l.max_processes)));
+        if let Some(tasks) = spec.nproc {
+            rlimits.push((libc::RLIMIT_NPROC, rlimit(tasks)));
         }
     }
     let lock = spec

@@ -410,3 +410,93 @@ fn a_run_cgroup_that_cannot_be_listed_is_never_reused() {
         assert_eq!(survivors, Vec::<u32>::new(), "a process outlived its run");
     }
 }
+
+/// Without root a run has the server's uid, and `RLIMIT_NPROC` counts every task of the uid,
+/// the server's own threads included. A server with many threads must still let a run start
+/// its `max_processes`, and no more.
+#[test]
+fn the_servers_threads_do_not_use_up_a_runs_process_limit() {
+    if !in_helper() {
+        let work = open_dir();
+        let tmpdir = work.path().display().to_string();
+        let root = is_root();
+        // Without root the helper keeps this uid, whose other tasks (other tests' runs, and
+        // their zombies where init is slow to reap) share its process limit.
+        let env: &[(&str, &str)] = if root {
+            &[("TMPDIR", &tmpdir), ("RUN_AS_OWN_UID", "1")]
+        } else {
+            &[("TMPDIR", &tmpdir)]
+        };
+        // As root, the helper becomes an unprivileged server of a uid of its own.
+        let id = libc::c_long::from(50_000 + std::process::id() % 10_000);
+        rerun(
+            "process::the_servers_threads_do_not_use_up_a_runs_process_limit",
+            env,
+            move || {
+                if !root {
+                    return Ok(());
+                }
+                // SAFETY: raw system calls that read no memory of ours but a null pointer.
+                unsafe {
+                    check(libc::syscall(
+                        libc::SYS_setgroups,
+                        0usize,
+                        std::ptr::null::<libc::gid_t>(),
+                    ))?;
+                    check(libc::syscall(libc::SYS_setresgid, id, id, id))?;
+                    check(libc::syscall(libc::SYS_setresuid, id, id, id))?;
+                }
+                Ok(())
+            },
+        );
+        return;
+    }
+    assert!(!is_root());
+    // A busy server: a hundred threads of this uid, parked until the run is over.
+    let (release, parked) = std::sync::mpsc::channel::<()>();
+    let parked = Arc::new(std::sync::Mutex::new(parked));
+    let threads: Vec<_> = (0..100)
+        .map(|_| {
+            let parked = Arc::clone(&parked);
+            std::thread::spawn(move || {
+                let _ = parked.lock().map(|receiver| receiver.recv());
+            })
+        })
+        .collect();
+    let spec = PolicySpec {
+        limits: LimitsSpec {
+            timeout_ms: 10_000,
+            max_processes: 16,
+            ..LimitsSpec::default()
+        },
+        ..PolicySpec::default()
+    };
+    let code = "import os, time\nn = 0\n\
+                for _ in range(40):\n\
+                \x20   try:\n\
+                \x20       if os.fork() == 0:\n\
+                \x20           time.sleep(2)\n\
+                \x20           os._exit(0)\n\
+                \x20       n += 1\n\
+                \x20   except OSError:\n\
+                \x20       pass\n\
+                print(n, flush=True)";
+    let out = python(policy(spec), code);
+    drop(release);
+    for thread in threads {
+        thread.join().unwrap();
+    }
+    let forked: u32 = stdout(&out)
+        .trim()
+        .parse()
+        .unwrap_or_else(|_| panic!("{}", stderr(&out)));
+    // The python process is one of the 16; concurrent runs of the same uid could take a few.
+    assert!(
+        forked < 16,
+        "forked {forked}, above the limit of 16 processes"
+    );
+    if std::env::var_os("RUN_AS_OWN_UID").is_some() {
+        // The helper's uid has no task but the helper's: the run gets all of its 16.
+        assert!(forked >= 12, "forked {forked} of 15 allowed");
+    }
+}
