@@ -14,7 +14,7 @@ use std::io;
 use std::os::fd::{FromRawFd, OwnedFd, RawFd};
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{OnceLock, mpsc};
+use std::sync::{Mutex, PoisonError, mpsc};
 use std::time::Duration;
 
 use sandbox_core::supervise::{ExitInfo, ProcessControl};
@@ -206,32 +206,37 @@ impl Orphan {
 /// How often the reaper looks again at children that were still exiting.
 const REAP_INTERVAL: Duration = Duration::from_millis(5);
 
-/// Hands `orphan` to the reaper thread, started on first use.
+/// Hands `orphan` to the reaper thread, started on first use. A reaper that could not be
+/// started (no thread left for the moment) is tried again for the next orphan; this one is
+/// waited for here, since it was sent SIGKILL.
 fn reap_later(orphan: Orphan) {
-    static REAPER: OnceLock<Option<mpsc::Sender<Orphan>>> = OnceLock::new();
-    let reaper = REAPER.get_or_init(|| {
+    static REAPER: Mutex<Option<mpsc::Sender<Orphan>>> = Mutex::new(None);
+    let mut reaper = REAPER.lock().unwrap_or_else(PoisonError::into_inner);
+    if reaper.is_none() {
         let (send, receive) = mpsc::channel();
-        std::thread::Builder::new()
+        let started = std::thread::Builder::new()
             .name("cordon-reaper".into())
-            .spawn(move || reaper(&receive))
-            .ok()
-            .map(|_| send)
-    });
-    let orphan = match reaper {
-        Some(reaper) => match reaper.send(orphan) {
+            .spawn(move || reaper_loop(&receive));
+        *reaper = started.ok().map(|_| send);
+    }
+    let orphan = match reaper.as_ref() {
+        Some(send) => match send.send(orphan) {
             Ok(()) => return,
-            Err(mpsc::SendError(orphan)) => orphan,
+            Err(mpsc::SendError(orphan)) => {
+                *reaper = None;
+                orphan
+            }
         },
         None => orphan,
     };
-    // Without a reaper thread, this thread waits: the child was sent SIGKILL.
+    drop(reaper);
     orphan.reaped(0);
 }
 
 /// The reaper thread: takes orphans and reaps each once it has exited. It waits for none in
 /// particular (a process stuck in an uninterruptible sleep must not hold up the others) but
 /// looks at all of them every [`REAP_INTERVAL`] while any is left.
-fn reaper(orphans: &mpsc::Receiver<Orphan>) {
+fn reaper_loop(orphans: &mpsc::Receiver<Orphan>) {
     let mut pending: Vec<Orphan> = Vec::new();
     loop {
         let next = if pending.is_empty() {

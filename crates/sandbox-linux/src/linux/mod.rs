@@ -134,17 +134,6 @@ pub(crate) fn candidates(config: &LinuxConfig) -> Vec<Arc<dyn Sandbox>> {
     .collect()
 }
 
-/// Threads of this process, from `/proc/self/stat` (field 20); 0 when it cannot be read,
-/// which leaves the limit at what the policy asked.
-fn own_threads() -> u64 {
-    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
-    // Fields after the command name, which is in parentheses and may contain spaces.
-    stat.rsplit_once(')')
-        .and_then(|(_, rest)| rest.split_whitespace().nth(17))
-        .and_then(|threads| threads.parse().ok())
-        .unwrap_or(0)
-}
-
 impl Inner {
     fn containment(&self, cgroup: bool) -> Containment {
         if cgroup {
@@ -155,19 +144,6 @@ impl Inner {
             Containment::Uid
         } else {
             Containment::Rlimit
-        }
-    }
-
-    /// The `RLIMIT_NPROC` that lets a run start `max_processes` tasks. The kernel counts
-    /// every task of the child's uid: as root the child is the run uid, but otherwise it is
-    /// the server's own uid, whose threads (runtime workers, spawner pools) would use up a
-    /// small limit before the run forks once, so they are added. Tasks of other runs of the
-    /// same uid still share the limit, as the report's `rlimit` containment says.
-    fn nproc_limit(&self, max_processes: u64) -> u64 {
-        if self.host.root {
-            max_processes
-        } else {
-            max_processes.saturating_add(own_threads())
         }
     }
 
@@ -419,7 +395,7 @@ impl Inner {
             cwd: work.path(),
             stdin: !request.stdin().is_empty(),
             limits: self.layers.rlimits.then_some(&limits),
-            nproc: (!contained).then(|| self.nproc_limit(limits.max_processes)),
+            nproc: !contained,
             credentials: owner,
             drop_bounding_set: self.host.root.then_some(self.host.cap_last_cap),
             no_new_privs: self.layers.no_new_privs,

@@ -104,9 +104,8 @@ pub(crate) struct SpawnSpec<'a> {
     pub(crate) stdin: bool,
     /// rlimits to set as hard limits; `None` sets none.
     pub(crate) limits: Option<&'a Limits>,
-    /// Also set `RLIMIT_NPROC` (when no cgroup bounds the processes) to this many tasks of
-    /// the child's uid.
-    pub(crate) nproc: Option<u64>,
+    /// Also bound the run's processes with `RLIMIT_NPROC` (when no cgroup bounds them).
+    pub(crate) nproc: bool,
     /// Switch to this uid and gid (the server is root).
     pub(crate) credentials: Option<(u32, u32)>,
     /// Drop the capability bounding set up to this capability number (needs root). The
@@ -278,6 +277,12 @@ fn rlimit(value: u64) -> libc::rlimit {
 /// Clones a child on a spawner thread of the spec's seccomp variant, applies `spec` in it
 /// and executes the program.
 pub(crate) async fn spawn(spec: SpawnSpec<'_>) -> Result<Spawned, RunError> {
+    // The pool first: its threads, started by the first run of a variant, count against
+    // the process limit computed below.
+    let queue = pool(ThreadSetup {
+        bounding_set: spec.drop_bounding_set,
+        seccomp: spec.seccomp,
+    })?;
     let program = cstring(spec.program.as_os_str().as_bytes())?;
     let argv = spec
         .argv
@@ -310,7 +315,11 @@ pub(crate) async fn spawn(spec: SpawnSpec<'_>) -> Result<Spawned, RunError> {
         rlimits.push((libc::RLIMIT_FSIZE, rlimit(l.max_file_size_bytes)));
         rlimits.push((libc::RLIMIT_NOFILE, rlimit(l.max_open_files)));
         rlimits.push((libc::RLIMIT_CORE, rlimit(0)));
-        if let Some(tasks) = spec.nproc {
+        if spec.nproc {
+            let tasks = match spec.credentials {
+                Some(_) => l.max_processes,
+                None => nproc_beyond_own_threads(l.max_processes),
+            };
             rlimits.push((libc::RLIMIT_NPROC, rlimit(tasks)));
         }
     }
@@ -407,11 +416,12 @@ pub(crate) async fn spawn(spec: SpawnSpec<'_>) -> Result<Spawned, RunError> {
         cgroup: spec.cgroup,
         reply,
     };
-    let setup = ThreadSetup {
-        bounding_set: spec.drop_bounding_set,
-        seccomp: spec.seccomp,
-    };
-    submit(setup, job)?;
+    if !queue.push(job) {
+        return Err(RunError::Io {
+            what: "handing the child to a spawner thread",
+            source: io::Error::other("the spawner threads are gone"),
+        });
+    }
     answer.await.map_err(|_| RunError::Io {
         what: "waiting for the spawner thread",
         source: io::Error::other("the spawner thread is gone"),
@@ -429,34 +439,47 @@ struct ThreadSetup {
     seccomp: Option<Variant>,
 }
 
-/// The spawner pools, one per [`ThreadSetup`], started on first use.
-fn submit(setup: ThreadSetup, job: Job) -> Result<(), RunError> {
+/// The spawner pool of `setup`; the pools start on first use.
+fn pool(setup: ThreadSetup) -> Result<Arc<JobQueue>, RunError> {
     static POOLS: OnceLock<Mutex<HashMap<ThreadSetup, Arc<JobQueue>>>> = OnceLock::new();
-    let queue = {
-        let mut pools = POOLS
-            .get_or_init(Default::default)
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
-        match pools.get(&setup) {
-            Some(queue) => Arc::clone(queue),
-            None => {
-                let queue = start_pool(setup).map_err(|source| RunError::Io {
-                    what: "starting a spawner thread",
-                    source,
-                })?;
-                pools.insert(setup, Arc::clone(&queue));
-                queue
-            }
-        }
-    };
-    if queue.push(job) {
-        Ok(())
-    } else {
-        Err(RunError::Io {
-            what: "handing the child to a spawner thread",
-            source: io::Error::other("the spawner threads are gone"),
-        })
+    let mut pools = POOLS
+        .get_or_init(Default::default)
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner);
+    if let Some(queue) = pools.get(&setup) {
+        return Ok(Arc::clone(queue));
     }
+    let queue = start_pool(setup).map_err(|source| RunError::Io {
+        what: "starting a spawner thread",
+        source,
+    })?;
+    pools.insert(setup, Arc::clone(&queue));
+    Ok(queue)
+}
+
+/// The `RLIMIT_NPROC` that lets a child that keeps the server's uid start `max_processes`
+/// tasks: the kernel counts every task of the uid, and the server's own threads (runtime
+/// workers, spawner pools) would use up a small limit before the run forks once, so the
+/// threads of this moment are added. Other tasks of the uid (other runs) still share the
+/// limit, as the report's `rlimit` containment says. Clamped to the hard limit, which an
+/// unprivileged child cannot raise.
+fn nproc_beyond_own_threads(max_processes: u64) -> u64 {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    // Field 20, num_threads, counted from the state, which follows the parenthesized name.
+    let threads: u64 = stat
+        .rsplit_once(')')
+        .and_then(|(_, rest)| rest.split_whitespace().nth(17))
+        .and_then(|threads| threads.parse().ok())
+        .unwrap_or(0);
+    // SAFETY: rlimit is plain data that getrlimit fills.
+    let mut current: libc::rlimit = unsafe { std::mem::zeroed() };
+    // SAFETY: getrlimit writes only the struct it is given, which outlives the call.
+    let hard = if unsafe { libc::getrlimit(libc::RLIMIT_NPROC, &mut current) } == 0 {
+        current.rlim_max
+    } else {
+        libc::RLIM_INFINITY
+    };
+    max_processes.saturating_add(threads).min(hard)
 }
 
 /// The jobs of one spawner pool.
@@ -571,6 +594,11 @@ fn spawner(setup: ThreadSetup, queue: ThreadLeaves) -> ! {
     let ready = prepare_thread(setup);
     loop {
         let job = queue.0.pop();
+        // A run cancelled while its job waited must not start its program at all: dropping
+        // the job releases its descriptors and its cgroup, and no child ever exists.
+        if job.reply.is_closed() {
+            continue;
+        }
         let result = match &ready {
             Ok(()) => clone_child(job.plan, job.parent, job.program, job.cgroup),
             Err((stage, errno)) => Err(RunError::Setup {

@@ -497,6 +497,6 @@ fn the_servers_threads_do_not_use_up_a_runs_process_limit() {
     );
     if std::env::var_os("RUN_AS_OWN_UID").is_some() {
         // The helper's uid has no task but the helper's: the run gets all of its 16.
-        assert!(forked >= 12, "forked {forked} of 15 allowed");
+        assert!(forked >= 14, "forked {forked} of 15 allowed");
     }
 }
