@@ -66,6 +66,18 @@ impl LinuxChild {
         Ok(unsafe { info.si_pid() } != 0)
     }
 
+    /// Kills the run's process group, then reaps the exited child. Without a cgroup the
+    /// group is how the rest of the run dies, and its id is the child's pid: killed while the
+    /// exited child still holds that pid, the signal cannot reach a process that took the
+    /// number after the reap.
+    fn kill_group_and_reap(&self) -> io::Result<ExitInfo> {
+        // SAFETY: kill has no memory effects; the exited, unreaped child still holds the pid
+        // and so the process group id.
+        unsafe { libc::kill(-self.pid, libc::SIGKILL) };
+        self.try_reap(libc::WNOHANG)?
+            .ok_or_else(|| io::Error::other("the exited child could not be reaped"))
+    }
+
     /// A pidfd for the child, to wait for its exit in the runtime's poller. The child is not
     /// reaped yet and only this handle reaps it, so the pid still names it.
     fn open_pidfd(&self) -> io::Result<OwnedFd> {
@@ -116,8 +128,12 @@ impl ProcessControl for LinuxChild {
             // A short program has often exited before its supervision starts; it is reaped at
             // once, without a pidfd or the runtime's poller, which would wake a runtime thread
             // only to report the exit found here.
-            if let Some(exit) = self.try_reap(libc::WNOHANG)? {
-                return Ok(exit);
+            if self.cgroup.is_some() {
+                if let Some(exit) = self.try_reap(libc::WNOHANG)? {
+                    return Ok(exit);
+                }
+            } else if self.has_exited()? {
+                return self.kill_group_and_reap();
             }
             let pidfd = self.open_pidfd()?;
             // SAFETY: the descriptor is owned by the AsyncFd and stays open as long as it.
@@ -132,6 +148,9 @@ impl ProcessControl for LinuxChild {
             // Reaping wakes every poller of the pidfd, so it leaves the runtime's poller first:
             // otherwise each run would wake a runtime thread for nothing as it ends.
             drop(pidfd);
+            if self.cgroup.is_none() {
+                return self.kill_group_and_reap();
+            }
             self.try_reap(libc::WNOHANG)?
                 .ok_or_else(|| io::Error::other("the exited child could not be reaped"))
         })
@@ -146,13 +165,16 @@ impl ProcessControl for LinuxChild {
         {
             return;
         }
+        // A reaped child's group was killed just before the reap (`kill_group_and_reap`);
+        // its number may now belong to another process.
+        if self.reaped.load(Ordering::SeqCst) {
+            return;
+        }
         // SAFETY: kill has no memory effects. The process group id is the child's pid
-        // (setpgid(0, 0) in the child); it cannot be reused while a member is alive.
+        // (setpgid(0, 0) in the child), which the unreaped child still holds.
         unsafe {
             libc::kill(-self.pid, libc::SIGKILL);
-            if !self.reaped.load(Ordering::SeqCst) {
-                libc::kill(self.pid, libc::SIGKILL);
-            }
+            libc::kill(self.pid, libc::SIGKILL);
         }
     }
 

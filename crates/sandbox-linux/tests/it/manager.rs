@@ -6,8 +6,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use sandbox_core::{
-    Ceiling, CeilingConfig, Limits, ManagerConfig, ManagerError, PolicyError, PolicySpec, RunError,
-    RunOptions, RunRequest, Technology,
+    Ceiling, CeilingConfig, Containment, Limits, ManagerConfig, ManagerError, PolicyError,
+    PolicySpec, RunError, RunOptions, RunRequest, Technology,
 };
 use sandbox_linux::LinuxConfig;
 
@@ -142,6 +142,41 @@ fn without_a_cgroup_the_report_says_whether_setsid_escapes() {
         !survivors.is_empty(),
         "the report says setsid escapes, but nothing did"
     );
+}
+
+/// Without a cgroup the process group is the run: when the main process exits, a child it
+/// left in the background and a double-forked grandchild die with it.
+#[test]
+fn without_a_cgroup_the_process_group_dies_with_the_main_process() {
+    let no_cgroup = LinuxConfig {
+        cgroup: false,
+        ..LinuxConfig::default()
+    };
+    let manager = sandbox_linux::manager(&no_cgroup, config(Technology::Seccomp, 4)).unwrap();
+    let m = marker("group");
+    let script = format!(
+        "sleep {m} </dev/null >/dev/null 2>&1 & (sleep {m} </dev/null >/dev/null 2>&1 &); \
+         sleep 0.2; echo started"
+    );
+    let request = RunRequest::new(
+        vec!["sh".into(), "-c".into(), script],
+        policy(PolicySpec::default()),
+    )
+    .unwrap();
+    let outcome = rt()
+        .block_on(manager.run(request, RunOptions::default()))
+        .unwrap();
+    assert_eq!(stdout(&outcome), "started\n", "{}", stderr(&outcome));
+    assert_ne!(outcome.enforcement.process_containment, Containment::Cgroup);
+    let deadline = std::time::Instant::now() + Duration::from_secs(3);
+    while !processes_with(&m).is_empty() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "left running: {:?}",
+            processes_with(&m)
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
 }
 
 #[test]
