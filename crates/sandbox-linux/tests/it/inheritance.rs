@@ -117,13 +117,7 @@ fn capabilities_of_the_server_do_not_reach_the_child() {
             // SAFETY: raw system calls on plain data that lives across each call.
             unsafe {
                 check(libc::prctl(libc::PR_SET_KEEPCAPS, 1 as libc::c_ulong, 0, 0, 0).into())?;
-                check(libc::syscall(
-                    libc::SYS_setgroups,
-                    0usize,
-                    std::ptr::null::<libc::gid_t>(),
-                ))?;
-                check(libc::syscall(libc::SYS_setresgid, ID, ID, ID))?;
-                check(libc::syscall(libc::SYS_setresuid, ID, ID, ID))?;
+                become_id(ID)?;
                 check(libc::syscall(
                     libc::SYS_capset,
                     &raw const header,

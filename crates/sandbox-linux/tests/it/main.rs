@@ -264,6 +264,38 @@ pub fn rerun(
     );
 }
 
+/// Makes the calling process uid and gid `id` with no supplementary groups, with raw system
+/// calls only, for a [`rerun`] `prepare` closure of a root test.
+pub fn become_id(id: libc::c_long) -> std::io::Result<()> {
+    // SAFETY: raw system calls that read no memory but a null pointer.
+    unsafe {
+        check(libc::syscall(
+            libc::SYS_setgroups,
+            0usize,
+            std::ptr::null::<libc::gid_t>(),
+        ))?;
+        check(libc::syscall(libc::SYS_setresgid, id, id, id))?;
+        check(libc::syscall(libc::SYS_setresuid, id, id, id))
+    }
+}
+
+/// A python3 program that forks up to `attempts` children, each sleeping `seconds`, and
+/// prints how many forks succeeded.
+pub fn fork_counter(attempts: u32, seconds: &str) -> String {
+    format!(
+        "import os, time\nn = 0\n\
+         for _ in range({attempts}):\n\
+         \x20   try:\n\
+         \x20       if os.fork() == 0:\n\
+         \x20           time.sleep({seconds})\n\
+         \x20           os._exit(0)\n\
+         \x20       n += 1\n\
+         \x20   except OSError:\n\
+         \x20       pass\n\
+         print(n, flush=True)"
+    )
+}
+
 /// The last error of a raw system call in a [`rerun`] `prepare` closure.
 pub fn check(result: libc::c_long) -> std::io::Result<()> {
     if result < 0 {

@@ -34,6 +34,14 @@ fn auto_manager(ceiling: Ceiling) -> sandbox_core::Manager {
     .unwrap()
 }
 
+/// The Linux settings with per-run cgroups off, as on a host without root.
+fn no_cgroup() -> LinuxConfig {
+    LinuxConfig {
+        cgroup: false,
+        ..LinuxConfig::default()
+    }
+}
+
 fn rt() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -111,10 +119,7 @@ fn soft_backend_reports_honestly_and_refuses_required_enforcement() {
 /// seccomp backend says the group is locked.
 #[test]
 fn without_a_cgroup_the_report_says_whether_setsid_escapes() {
-    let no_cgroup = LinuxConfig {
-        cgroup: false,
-        ..LinuxConfig::default()
-    };
+    let no_cgroup = no_cgroup();
     let seccomp = sandbox_linux::manager(&no_cgroup, config(Technology::Seccomp, 4)).unwrap();
     let text = &seccomp.capabilities().layers["process_containment"];
     assert!(text.contains("locked by seccomp"), "{text}");
@@ -148,10 +153,7 @@ fn without_a_cgroup_the_report_says_whether_setsid_escapes() {
 /// left in the background and a double-forked grandchild die with it.
 #[test]
 fn without_a_cgroup_the_process_group_dies_with_the_main_process() {
-    let no_cgroup = LinuxConfig {
-        cgroup: false,
-        ..LinuxConfig::default()
-    };
+    let no_cgroup = no_cgroup();
     let manager = sandbox_linux::manager(&no_cgroup, config(Technology::Seccomp, 4)).unwrap();
     let m = marker("group");
     let script = format!(

@@ -121,18 +121,8 @@ fn a_fork_bomb_is_contained_and_cleaned_up() {
         },
         ..PolicySpec::default()
     };
-    let code = format!(
-        "import os, time\ntag = '{tag}'\nn = 0\n\
-         for _ in range(2000):\n\
-         \x20   try:\n\
-         \x20       if os.fork() == 0:\n\
-         \x20           time.sleep(30)\n\
-         \x20           os._exit(0)\n\
-         \x20       n += 1\n\
-         \x20   except OSError:\n\
-         \x20       pass\n\
-         print(n, flush=True)"
-    );
+    // The tag in the program's text marks its processes in their command lines.
+    let code = format!("tag = '{tag}'\n{}", fork_counter(2000, "30"));
     let started = Instant::now();
     // One backend for both runs, so that the second reuses the bomb's cgroup.
     let sandbox = strongest();
@@ -436,17 +426,7 @@ fn the_servers_threads_do_not_use_up_a_runs_process_limit() {
                 if !root {
                     return Ok(());
                 }
-                // SAFETY: raw system calls that read no memory of ours but a null pointer.
-                unsafe {
-                    check(libc::syscall(
-                        libc::SYS_setgroups,
-                        0usize,
-                        std::ptr::null::<libc::gid_t>(),
-                    ))?;
-                    check(libc::syscall(libc::SYS_setresgid, id, id, id))?;
-                    check(libc::syscall(libc::SYS_setresuid, id, id, id))?;
-                }
-                Ok(())
+                become_id(id)
             },
         );
         return;
@@ -471,17 +451,8 @@ fn the_servers_threads_do_not_use_up_a_runs_process_limit() {
         },
         ..PolicySpec::default()
     };
-    let code = "import os, time\nn = 0\n\
-                for _ in range(40):\n\
-                \x20   try:\n\
-                \x20       if os.fork() == 0:\n\
-                \x20           time.sleep(2)\n\
-                \x20           os._exit(0)\n\
-                \x20       n += 1\n\
-                \x20   except OSError:\n\
-                \x20       pass\n\
-                print(n, flush=True)";
-    let out = python(policy(spec), code);
+    let code = fork_counter(40, "2");
+    let out = python(policy(spec), &code);
     drop(release);
     for thread in threads {
         thread.join().unwrap();
