@@ -1,15 +1,22 @@
 -- Decides one or more rate-limit descriptors in one atomic call (crate ratelimit, redis.rs).
--- KEYS[i]  the state of descriptor i; all keys share one hash tag.
+-- KEYS[i]  the state of descriptor i, then the owners' key indexes; in Cluster mode all
+--          keys share one hash tag.
 -- ARGV[1]  a call id, unique across servers, that makes sorted-set members unique.
--- ARGV[2 + 5 * (i - 1) ...]  algorithm code (l c b g f), limit, window in us, burst, cost.
--- Returns {all_allowed, then per descriptor: allowed, remaining, reset_after_us, retry_after_us}.
--- Nothing is written unless every descriptor is allowed. Times come from the Redis clock.
+-- ARGV[2]  the most live keys one owner's index may list.
+-- ARGV[3 + 6 * (i - 1) ...]  algorithm code (l c b g f), limit, window in us, burst, cost,
+--          and the position in KEYS of the index of the descriptor's owner (0: no index).
+-- Returns {all_allowed, then per descriptor: allowed, remaining, reset_after_us, retry_after_us},
+-- or {2, i} when descriptor i needs a new key and its owner's index is full.
+-- Nothing is written unless every descriptor is allowed and every new key has room.
+-- An index is a sorted set of its owner's state keys scored by their expiry in ms.
+-- Times come from the Redis clock. PEXPIREAT's NX and GT need Redis 7.0.
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
 local floor = math.floor
 local function cdiv(a, b) return floor((a + b - 1) / b) end
 local function num(x) return string.format('%.0f', x) end
 local function ms(us) return cdiv(us, 1000) + 1 end
+local now_ms = floor(now / 1000)
 
 local states = {}
 local order = {}
@@ -21,14 +28,18 @@ local function load(key, alg, w, limit)
     redis.call('ZREMRANGEBYSCORE', key, '-inf', num(now - w))
     s.n = redis.call('ZCARD', key)
     s.add = 0
+    -- Redis deletes a sorted set whose last member goes.
+    s.new = s.n == 0
   elseif alg == 'b' or alg == 'g' then
     local v = redis.call('HMGET', key, 't', 'd', 'w')
+    s.new = not v[1]
     s.t = tonumber(v[1]) or now
     s.d = tonumber(v[2]) or 0
     local ow = tonumber(v[3]) or w
     if ow ~= w then s.d = cdiv(s.d, ow) * w end
   else
     local v = redis.call('HMGET', key, 'i', 'c', 'p', 'w')
+    s.new = not v[1]
     s.i = tonumber(v[1]) or 0
     s.c = tonumber(v[2]) or 0
     s.p = tonumber(v[3]) or 0
@@ -127,9 +138,9 @@ local function decide_counter(s, limit, w, cost)
 end
 
 local out = { 1 }
-for i = 1, #KEYS do
+for i = 1, (#ARGV - 2) / 6 do
   local key = KEYS[i]
-  local b = 2 + 5 * (i - 1)
+  local b = 3 + 6 * (i - 1)
   local alg = ARGV[b]
   local limit = tonumber(ARGV[b + 1])
   local w = tonumber(ARGV[b + 2])
@@ -138,6 +149,8 @@ for i = 1, #KEYS do
   local s = states[key]
   if not s then
     s = load(key, alg, w, limit)
+    s.at = i
+    s.index = tonumber(ARGV[b + 5])
     states[key] = s
     order[#order + 1] = key
   end
@@ -154,11 +167,48 @@ for i = 1, #KEYS do
 end
 
 if out[1] == 1 then
+  -- Room for every new key first, so that a refusal writes nothing. Only new keys count
+  -- the index: an owner's existing keys are decided whatever its index holds.
+  local quota = tonumber(ARGV[2])
+  local held = {}
+  for k = 1, #order do
+    local key = order[k]
+    local s = states[key]
+    if s.dirty and s.new and s.index > 0 then
+      local index = KEYS[s.index]
+      if not held[index] then
+        redis.call('ZREMRANGEBYSCORE', index, '-inf', num(now_ms))
+        held[index] = redis.call('ZCARD', index)
+      end
+      -- A state that expired a moment before its listing needs no more room.
+      if not redis.call('ZSCORE', index, key) then
+        if held[index] >= quota then return { 2, s.at } end
+        held[index] = held[index] + 1
+      end
+    end
+  end
+end
+
+-- Lists a written key in its owner's index until its state expires, and keeps the index
+-- itself until its last listing passes.
+local function list(s, key, ttl)
+  if s.index == 0 then return end
+  local index = KEYS[s.index]
+  local at = num(now_ms + ttl)
+  if redis.call('ZADD', index, at, key) == 1 then
+    -- A sorted set that ZADD just created has no expiry, which GT never sets.
+    redis.call('PEXPIREAT', index, at, 'NX')
+  end
+  redis.call('PEXPIREAT', index, at, 'GT')
+end
+
+if out[1] == 1 then
   local id = ARGV[1]
   for k = 1, #order do
     local key = order[k]
     local s = states[key]
     if s.dirty then
+      local ttl
       if s.alg == 'l' then
         -- One member per unit of cost; the call id keeps members unique across calls.
         local args = {}
@@ -168,16 +218,18 @@ if out[1] == 1 then
           if #args >= 1000 then redis.call('ZADD', key, unpack(args)); args = {} end
         end
         if #args > 0 then redis.call('ZADD', key, unpack(args)) end
-        redis.call('PEXPIRE', key, ms(s.w))
+        ttl = ms(s.w)
       elseif s.alg == 'b' or s.alg == 'g' then
         redis.call('HSET', key, 't', num(s.t), 'd', num(s.d), 'w', num(s.w))
-        redis.call('PEXPIRE', key, ms(math.max(cdiv(s.d, s.limit), 1)))
+        ttl = ms(math.max(cdiv(s.d, s.limit), 1))
       else
         redis.call('HSET', key, 'i', num(s.i), 'c', num(s.c), 'p', num(s.p), 'w', num(s.w))
         local span = 1
         if s.alg == 'c' then span = 2 end
-        redis.call('PEXPIRE', key, ms((s.i + span) * s.w - now))
+        ttl = ms((s.i + span) * s.w - now)
       end
+      redis.call('PEXPIRE', key, ttl)
+      list(s, key, ttl)
     end
   end
 end

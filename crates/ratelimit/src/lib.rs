@@ -27,7 +27,7 @@ pub use policy::{
     Backend, DEFAULT_TOOL, FailureMode, Override, Policy, PolicyError, PolicySet, TOOL_DEFAULTS,
 };
 pub use redis::{
-    DECIDE_SCRIPT, RedisBackend, RedisConfig, RedisError, RedisItem, RedisSetupError, ScriptCall,
-    decide_script_sha, hash_tag,
+    DECIDE_SCRIPT, RedisBackend, RedisConfig, RedisDecisions, RedisError, RedisItem,
+    RedisSetupError, ScriptCall, decide_script_sha, hash_tag,
 };
 pub use stats::PolicyStats;

@@ -46,7 +46,7 @@ pub struct Descriptor<'a> {
     pub key: &'a str,
     pub cost: u64,
     pub target: Target<'a>,
-    /// Who a new in-memory key is charged to. Descriptors built without
+    /// Who a new key is charged to, in memory and in Redis. Descriptors built without
     /// [`Descriptor::owned_by`] belong to the empty identity and share its quota, so that
     /// a forgotten owner never reaches the server's reserved capacity.
     pub owner: Owner<'a>,
@@ -340,6 +340,7 @@ impl Limiter {
         let items: Vec<RedisItem<'_>> = resolved
             .iter()
             .map(|r| RedisItem {
+                owner: r.owner,
                 namespace: r.namespace,
                 key: r.key,
                 limit: &r.limit,
@@ -347,7 +348,9 @@ impl Limiter {
             })
             .collect();
         match redis.check_many(&items).await {
-            Ok((allowed, decisions)) => {
+            // Redis answered: a refusal is the caller's quota, not an outage.
+            Ok(Err(refused)) => Err(refused.into()),
+            Ok(Ok((allowed, decisions))) => {
                 for (r, d) in resolved.iter().zip(&decisions) {
                     r.counters.record(d.allowed && allowed);
                 }

@@ -74,6 +74,9 @@ pub enum CapacityError {
         "the rate-limit store already holds its maximum of {max} keys for the server's own limits"
     )]
     ServerFull { max: usize },
+    /// Raised by the Redis backend, whose quota is a setting of its own.
+    #[error("identity {identity:?} already holds its quota of {quota} rate-limit keys in redis")]
+    RedisIdentityQuota { identity: String, quota: usize },
 }
 
 struct Entry {

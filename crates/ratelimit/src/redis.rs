@@ -1,4 +1,10 @@
 //! The Redis backend: one Lua script call per decision, a timeout, and a circuit breaker.
+//!
+//! As in memory, every key has an [`Owner`]. A caller's keys are listed in an index of
+//! that identity's live keys, a sorted set scored by each key's expiry, and the script
+//! refuses a new key when the index already holds `max_keys_per_identity` live keys: one
+//! identity cannot fill Redis and so make every Redis policy fail, or, with eviction,
+//! reset other callers' counts. The server's own keys are in no index and never refused.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
@@ -10,6 +16,8 @@ use deadpool_redis::redis::{self, Script};
 use deadpool_redis::{Pool, PoolConfig, Runtime, Timeouts};
 
 use crate::limit::{Decision, Limit};
+use crate::limiter::identity_prefix;
+use crate::memory::{CapacityError, Owner};
 
 /// The decision script. KEYS and ARGV are described at its top; build them with
 /// [`RedisBackend::script_call`].
@@ -33,8 +41,12 @@ pub struct RedisConfig {
     pub key_prefix: String,
     /// While the breaker is open, how often a background task pings Redis.
     pub probe_interval: Duration,
-    /// Refuse multi-key checks whose keys would live in different Cluster slots.
+    /// Refuse multi-key checks whose keys would live in different Cluster slots, and
+    /// keep each owner's key index per hash tag, in the slot of the keys it lists.
     pub cluster: bool,
+    /// Most live keys one identity may hold in Redis, across every server sharing it.
+    /// The server's own keys do not count.
+    pub max_keys_per_identity: usize,
 }
 
 impl Default for RedisConfig {
@@ -46,6 +58,7 @@ impl Default for RedisConfig {
             key_prefix: "cordon:rl:".to_owned(),
             probe_interval: Duration::from_millis(100),
             cluster: false,
+            max_keys_per_identity: 10_000,
         }
     }
 }
@@ -77,11 +90,17 @@ pub enum RedisError {
 /// One descriptor of a Redis check.
 #[derive(Debug, Clone, Copy)]
 pub struct RedisItem<'a> {
+    /// Whose index a new key is listed in, and whose quota it takes.
+    pub owner: Owner<'a>,
     pub namespace: &'a str,
     pub key: &'a str,
     pub limit: &'a Limit,
     pub cost: u64,
 }
+
+/// What Redis decided: the decisions of an all-or-nothing check, or the refusal of a new
+/// key whose owner holds its quota already, in which case nothing was consumed.
+pub type RedisDecisions = Result<(bool, Vec<Decision>), CapacityError>;
 
 /// The exact KEYS and ARGV of one script call, for benchmarks and `redis-benchmark`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -89,6 +108,10 @@ pub struct ScriptCall {
     pub keys: Vec<String>,
     pub args: Vec<String>,
 }
+
+/// The script's first reply value when a new key found its owner's quota used up; the
+/// second is the 1-based index of the descriptor that needed it.
+const REFUSED: u64 = 2;
 
 /// Open after a failure until a background probe reaches Redis again, so that an outage
 /// costs the calls in flight one timeout each and every later call nothing.
@@ -175,6 +198,30 @@ impl RedisBackend {
         )
     }
 
+    /// The sorted set listing an owner's live keys, or `None` for the server's own keys.
+    ///
+    /// Standalone, an identity has one index for all its keys. A Cluster script may only
+    /// touch keys of one slot, so there the index takes the hash tag of the key it lists:
+    /// a caller's scoped keys all carry its identity as their tag, so its index is still
+    /// one, and only an admin's verbatim keys of other tags are counted per tag. `#` never
+    /// follows the tag in a state key, so no index can be mistaken for a state.
+    fn index_key(&self, owner: Owner<'_>, key: &str) -> Option<String> {
+        let Owner::Identity(identity) = owner else {
+            return None;
+        };
+        let name = identity_prefix(identity);
+        let tag = if self.config.cluster {
+            hash_tag(key)
+        } else {
+            &name
+        };
+        Some(self.index_name(tag, &name))
+    }
+
+    fn index_name(&self, tag: &str, name: &str) -> String {
+        format!("{}{{{tag}}}#o:{name}", self.config.key_prefix)
+    }
+
     /// KEYS and ARGV of the script call that decides `items`, with a fresh call id.
     ///
     /// A benchmark can replay one decision with `redis-cli SCRIPT LOAD` of
@@ -183,25 +230,37 @@ impl RedisBackend {
     /// token bucket or GCRA policy for a like-for-like ceiling.
     pub fn script_call(&self, items: &[RedisItem<'_>]) -> ScriptCall {
         let seq = self.sequence.fetch_add(1, Ordering::Relaxed);
-        let mut args = Vec::with_capacity(1 + items.len() * 5);
+        let mut args = Vec::with_capacity(2 + items.len() * 6);
         args.push(format!("{:016x}.{seq}", self.instance));
-        let mut keys = Vec::with_capacity(items.len());
+        args.push(self.config.max_keys_per_identity.to_string());
+        let mut keys: Vec<String> = items
+            .iter()
+            .map(|item| self.redis_key(item.namespace, item.key, item.limit))
+            .collect();
         for item in items {
-            keys.push(self.redis_key(item.namespace, item.key, item.limit));
             args.push(item.limit.algorithm().code().to_owned());
             args.push(item.limit.limit().to_string());
             args.push(item.limit.window_us().to_string());
             args.push(item.limit.burst().to_string());
             args.push(item.cost.to_string());
+            // The index's position in KEYS; descriptors of one owner share it.
+            let position = match self.index_key(item.owner, item.key) {
+                None => 0,
+                Some(index) => match keys[items.len()..].iter().position(|k| *k == index) {
+                    Some(at) => items.len() + at + 1,
+                    None => {
+                        keys.push(index);
+                        keys.len()
+                    }
+                },
+            };
+            args.push(position.to_string());
         }
         ScriptCall { keys, args }
     }
 
     /// Decides all items or none in one script call.
-    pub async fn check_many(
-        &self,
-        items: &[RedisItem<'_>],
-    ) -> Result<(bool, Vec<Decision>), RedisError> {
+    pub async fn check_many(&self, items: &[RedisItem<'_>]) -> Result<RedisDecisions, RedisError> {
         if self.is_degraded() {
             return Err(RedisError::CircuitOpen);
         }
@@ -217,6 +276,20 @@ impl RedisBackend {
                 return Err(RedisError::Timeout(self.config.timeout));
             }
         };
+        if let [REFUSED, at] = reply[..] {
+            let identity = usize::try_from(at)
+                .ok()
+                .and_then(|at| items.get(at.checked_sub(1)?))
+                .and_then(|item| match item.owner {
+                    Owner::Identity(identity) => Some(identity),
+                    Owner::Server => None,
+                })
+                .ok_or(RedisError::Reply(reply.len(), 1 + 4 * items.len()))?;
+            return Ok(Err(CapacityError::RedisIdentityQuota {
+                identity: identity.to_owned(),
+                quota: self.config.max_keys_per_identity,
+            }));
+        }
         let expected = 1 + 4 * items.len();
         if reply.len() != expected {
             return Err(RedisError::Reply(reply.len(), expected));
@@ -226,7 +299,7 @@ impl RedisBackend {
             .zip(reply[1..].chunks_exact(4))
             .map(|(item, r)| Decision::from_us(r[0] == 1, item.limit.limit(), r[1], r[2], r[3]))
             .collect();
-        Ok((reply[0] == 1, decisions))
+        Ok(Ok((reply[0] == 1, decisions)))
     }
 
     async fn connection(&self) -> Result<MultiplexedConnection, RedisError> {
@@ -266,7 +339,10 @@ impl RedisBackend {
         }
     }
 
-    /// Deletes a key's state under every algorithm.
+    /// Deletes a key's state under every algorithm, and unlists it from the index of the
+    /// identity that its hash tag names, which lists it when that identity created it.
+    /// A key that an admin created under another identity's tag stays in the admin's
+    /// index, taking room from its quota, until the key's expiry passes.
     pub async fn reset(
         &self,
         namespace: &str,
@@ -283,8 +359,16 @@ impl RedisBackend {
                 .get()
                 .await
                 .map_err(|e| RedisError::Pool(e.to_string()))?;
-            redis::cmd("DEL")
+            let tag = hash_tag(key);
+            redis::pipe()
+                .atomic()
+                .cmd("DEL")
                 .arg(&keys)
+                .ignore()
+                .cmd("ZREM")
+                .arg(self.index_name(tag, tag))
+                .arg(&keys)
+                .ignore()
                 .query_async::<()>(&mut *conn)
                 .await?;
             Ok::<_, RedisError>(())

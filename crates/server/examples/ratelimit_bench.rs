@@ -198,6 +198,7 @@ async fn redis(args: &Args) -> Result<()> {
     .await?;
     let redis = limiter.redis().context("redis backend")?;
     let call = redis.script_call(&[RedisItem {
+        owner: Owner::Identity(""),
         namespace: "bench",
         key: "bench-key",
         limit: &limit,

@@ -17,6 +17,7 @@
 //! [ratelimit.redis]                   # needed when a policy uses backend = "redis"
 //! url = "redis://127.0.0.1:6379"
 //! timeout_ms = 50
+//! max_keys_per_identity = 10000       # live keys per identity, all servers together
 //!
 //! [ratelimit.memory]
 //! max_keys = 1000000                  # callers' keys, all identities together
@@ -62,6 +63,10 @@ pub(crate) struct RedisSection {
     pub(crate) probe_interval_ms: u64,
     /// Refuse CheckMultiple across Redis Cluster slots.
     pub(crate) cluster: bool,
+    /// Most live keys one identity may hold in Redis. A setting of its own,
+    /// not `memory.max_keys_per_identity`: Redis is sized apart from the
+    /// server's memory and shared by every server using it.
+    pub(crate) max_keys_per_identity: usize,
 }
 
 impl Default for RedisSection {
@@ -74,6 +79,7 @@ impl Default for RedisSection {
             key_prefix: d.key_prefix,
             probe_interval_ms: millis(d.probe_interval),
             cluster: d.cluster,
+            max_keys_per_identity: d.max_keys_per_identity,
         }
     }
 }
@@ -124,6 +130,10 @@ fn millis(d: Duration) -> u64 {
 /// Largest connection pool accepted; more connections buy nothing on one
 /// Redis and a typo such as 100000 would exhaust file descriptors.
 const MAX_POOL_SIZE: usize = 256;
+
+/// Largest Redis key quota accepted: the members a Redis sorted set, the
+/// identity's key index, can hold.
+const MAX_REDIS_KEYS_PER_IDENTITY: usize = u32::MAX as usize;
 
 impl RateLimitConfig {
     /// Builds the policy set, naming the offending field on error.
@@ -187,6 +197,11 @@ impl RateLimitConfig {
             if redis.pool_size == 0 || redis.pool_size > MAX_POOL_SIZE {
                 bail!("ratelimit.redis.pool_size must be between 1 and {MAX_POOL_SIZE}");
             }
+            if !(1..=MAX_REDIS_KEYS_PER_IDENTITY).contains(&redis.max_keys_per_identity) {
+                bail!(
+                    "ratelimit.redis.max_keys_per_identity must be between 1 and {MAX_REDIS_KEYS_PER_IDENTITY}"
+                );
+            }
         }
         if self.memory.max_keys == 0 {
             bail!("ratelimit.memory.max_keys must be positive");
@@ -229,6 +244,7 @@ impl RateLimitConfig {
                 key_prefix: r.key_prefix.clone(),
                 probe_interval: Duration::from_millis(r.probe_interval_ms),
                 cluster: r.cluster,
+                max_keys_per_identity: r.max_keys_per_identity,
             }),
         }
     }
@@ -388,6 +404,14 @@ mod tests {
             ("[redis]\nurl = \"http://x\"", "ratelimit.redis.url"),
             ("[redis]\ntimeout_ms = 0", "ratelimit.redis.timeout_ms"),
             ("[redis]\npool_size = 0", "ratelimit.redis.pool_size"),
+            (
+                "[redis]\nmax_keys_per_identity = 0",
+                "ratelimit.redis.max_keys_per_identity",
+            ),
+            (
+                "[redis]\nmax_keys_per_identity = 4294967296",
+                "ratelimit.redis.max_keys_per_identity",
+            ),
             ("[memory]\nmax_keys = 0", "ratelimit.memory.max_keys"),
             (
                 "[memory]\nmax_keys = 64\nmax_keys_per_identity = 64",

@@ -7,8 +7,8 @@ use std::time::{Duration, Instant};
 
 use deadpool_redis::redis;
 use ratelimit::{
-    Algorithm, Backend, CheckError, Descriptor, FailureMode, Limit, Limiter, LimiterConfig, Policy,
-    PolicySet, RedisConfig,
+    Algorithm, Backend, CapacityError, CheckError, Descriptor, FailureMode, Limit, Limiter,
+    LimiterConfig, Owner, Policy, PolicySet, RedisConfig,
 };
 
 const ALL: [Algorithm; 5] = [
@@ -36,6 +36,10 @@ impl RedisServer {
     }
 
     fn start_on(port: u16) -> Self {
+        Self::start_with(port, &[])
+    }
+
+    fn start_with(port: u16, extra: &[&str]) -> Self {
         let child = Command::new("redis-server")
             .args([
                 "--port",
@@ -46,6 +50,7 @@ impl RedisServer {
                 "",
             ])
             .args(["--appendonly", "no", "--loglevel", "warning"])
+            .args(extra)
             .stdout(Stdio::null())
             .spawn()
             .unwrap_or_else(|e| {
@@ -99,15 +104,21 @@ fn redis_policy(name: &str, limit: Limit, mode: FailureMode) -> Policy {
 }
 
 fn limiter(url: &str, timeout: Duration, policies: &[Policy]) -> Limiter {
+    limiter_with(
+        RedisConfig {
+            url: url.to_owned(),
+            timeout,
+            ..RedisConfig::default()
+        },
+        policies,
+    )
+}
+
+fn limiter_with(redis: RedisConfig, policies: &[Policy]) -> Limiter {
     let mut set = PolicySet::default();
     for p in policies {
         set.insert(p.clone());
     }
-    let redis = RedisConfig {
-        url: url.to_owned(),
-        timeout,
-        ..RedisConfig::default()
-    };
     Limiter::new(
         set,
         LimiterConfig {
@@ -568,11 +579,18 @@ async fn a_decision_is_exactly_one_redis_command() {
         .map_or(0, calls);
     // Commands run inside the script are counted too, but the client sent only EVALSHA.
     assert_eq!(evalsha, 51, "{info}");
+    // The script keeps the owner's key index too: it lists every written key, and counts
+    // the index before it creates a key.
     let inner = [
         "cmdstat_hmget",
         "cmdstat_hset",
         "cmdstat_pexpire",
         "cmdstat_time",
+        "cmdstat_zadd",
+        "cmdstat_pexpireat",
+        "cmdstat_zremrangebyscore",
+        "cmdstat_zcard",
+        "cmdstat_zscore",
     ];
     for line in info.lines().filter(|l| l.starts_with("cmdstat_")) {
         let name = line.split(':').next().unwrap();
@@ -584,4 +602,208 @@ async fn a_decision_is_exactly_one_redis_command() {
             "unexpected command {line}"
         );
     }
+}
+
+fn quota_refusal(identity: &str, quota: usize) -> CheckError {
+    CheckError::Capacity(CapacityError::RedisIdentityQuota {
+        identity: identity.to_owned(),
+        quota,
+    })
+}
+
+async fn take(limiter: &Limiter, owner: Owner<'_>, key: &str) -> Result<bool, CheckError> {
+    let d = Descriptor::policy(key, 1, "api").owned_by(owner);
+    limiter.check(&d).await.map(|d| d.allowed)
+}
+
+#[tokio::test]
+async fn an_identity_over_its_redis_quota_is_refused_and_no_one_else() {
+    let server = RedisServer::start();
+    let long = Duration::from_secs(3600);
+    let policy = redis_policy(
+        "api",
+        Limit::new(Algorithm::TokenBucket, 2, long, 0).unwrap(),
+        FailureMode::FailClosed,
+    );
+    let mut set = PolicySet::default();
+    set.insert(policy);
+    set.set_tool("shell", "api").unwrap();
+    let redis = RedisConfig {
+        url: server.url(),
+        timeout: Duration::from_secs(2),
+        max_keys_per_identity: 3,
+        ..RedisConfig::default()
+    };
+    let config = LimiterConfig {
+        redis: Some(redis),
+        ..LimiterConfig::default()
+    };
+    let limiter = Limiter::new(set, config).unwrap();
+    let (a, b) = (Owner::Identity("a"), Owner::Identity("b"));
+    for i in 0..3 {
+        assert_eq!(take(&limiter, a, &format!("a:k{i}")).await, Ok(true));
+    }
+    assert_eq!(take(&limiter, a, "a:k3").await, Err(quota_refusal("a", 3)));
+    // A check that needs a new key is refused whole, consuming nothing on the others.
+    let both = [
+        Descriptor::policy("a:k0", 1, "api").owned_by(a),
+        Descriptor::policy("a:k4", 1, "api").owned_by(a),
+    ];
+    assert_eq!(limiter.check_many(&both).await, Err(quota_refusal("a", 3)));
+    // A peek stores nothing, so it needs no room.
+    let peek = Descriptor::policy("a:k5", 0, "api").owned_by(a);
+    assert_eq!(limiter.check(&peek).await.unwrap().remaining, 2);
+    // Another identity has its own quota.
+    for i in 0..3 {
+        assert_eq!(take(&limiter, b, &format!("b:k{i}")).await, Ok(true));
+    }
+    // The capped identity's existing keys are decided exactly: one unit left, then none.
+    let d = limiter
+        .check(&Descriptor::policy("a:k0", 1, "api").owned_by(a))
+        .await
+        .unwrap();
+    assert!(d.allowed && d.remaining == 0, "{d:?}");
+    assert_eq!(take(&limiter, a, "a:k0").await, Ok(false));
+    // The server's own keys for the capped identity are in no quota.
+    for tool in ["shell", "unlisted", "other"] {
+        let key = format!("a:{tool}");
+        assert_eq!(take(&limiter, Owner::Server, &key).await, Ok(true));
+    }
+    let d = limiter.check_tool("a", "shell", 1).await.unwrap().unwrap();
+    assert!(d.allowed && d.remaining == 0, "{d:?}");
+    // Reset gives the key's room back at once.
+    limiter.reset("a:k1", Some("api")).await.unwrap();
+    assert_eq!(take(&limiter, a, "a:k3").await, Ok(true));
+    assert_eq!(take(&limiter, a, "a:k6").await, Err(quota_refusal("a", 3)));
+}
+
+#[tokio::test]
+async fn expired_redis_keys_free_their_owners_quota() {
+    let server = RedisServer::start();
+    let window = Duration::from_millis(200);
+    let short = redis_policy(
+        "api",
+        Limit::new(Algorithm::Gcra, 1, window, 0).unwrap(),
+        FailureMode::FailClosed,
+    );
+    let long = redis_policy(
+        "long",
+        Limit::new(Algorithm::Gcra, 1, Duration::from_secs(3600), 0).unwrap(),
+        FailureMode::FailClosed,
+    );
+    let redis = RedisConfig {
+        url: server.url(),
+        timeout: Duration::from_secs(2),
+        max_keys_per_identity: 3,
+        ..RedisConfig::default()
+    };
+    let limiter = limiter_with(redis, &[short, long]);
+    let a = Owner::Identity("a");
+    // A long-lived key keeps the index alive, so the expired listings must be pruned.
+    let lasting = Descriptor::policy("a:lasting", 1, "long").owned_by(a);
+    assert!(limiter.check(&lasting).await.unwrap().allowed);
+    assert_eq!(take(&limiter, a, "a:x0").await, Ok(true));
+    assert_eq!(take(&limiter, a, "a:x1").await, Ok(true));
+    assert_eq!(take(&limiter, a, "a:x2").await, Err(quota_refusal("a", 3)));
+    tokio::time::sleep(window + Duration::from_millis(100)).await;
+    assert_eq!(take(&limiter, a, "a:x2").await, Ok(true));
+    assert_eq!(take(&limiter, a, "a:x3").await, Ok(true));
+    assert_eq!(take(&limiter, a, "a:x4").await, Err(quota_refusal("a", 3)));
+}
+
+/// A Redis with cluster mode on, owning every slot, so that a script touching keys of two
+/// slots fails with CROSSSLOT as it would on a real cluster.
+fn cluster_of_one() -> RedisServer {
+    let port = TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let nodes = std::env::temp_dir().join(format!("cordon-ratelimit-nodes-{port}.conf"));
+    let _ = std::fs::remove_file(&nodes);
+    let server = RedisServer::start_with(
+        port,
+        &[
+            "--cluster-enabled",
+            "yes",
+            "--cluster-config-file",
+            nodes.to_str().unwrap(),
+        ],
+    );
+    let status = Command::new("redis-cli")
+        .args([
+            "-p",
+            &port.to_string(),
+            "CLUSTER",
+            "ADDSLOTSRANGE",
+            "0",
+            "16383",
+        ])
+        .stdout(Stdio::null())
+        .status()
+        .expect("redis-cli, installed with redis-server");
+    assert!(status.success());
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let info = Command::new("redis-cli")
+            .args(["-p", &port.to_string(), "CLUSTER", "INFO"])
+            .output()
+            .unwrap();
+        if String::from_utf8_lossy(&info.stdout).contains("cluster_state:ok") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the cluster did not come up");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    server
+}
+
+#[tokio::test]
+async fn in_cluster_mode_an_index_shares_the_slot_of_its_keys() {
+    let server = cluster_of_one();
+    let policy = redis_policy(
+        "api",
+        Limit::new(Algorithm::Gcra, 5, Duration::from_secs(3600), 0).unwrap(),
+        FailureMode::FailClosed,
+    );
+    let redis = RedisConfig {
+        url: server.url(),
+        timeout: Duration::from_secs(2),
+        cluster: true,
+        max_keys_per_identity: 1,
+        ..RedisConfig::default()
+    };
+    let limiter = limiter_with(redis, &[policy]);
+    // An admin's verbatim keys carry another identity's tag: the admin's index for that
+    // tag lives in their slot, so the quota holds per tag.
+    let admin = Owner::Identity("root");
+    assert_eq!(take(&limiter, admin, "bot:k").await, Ok(true));
+    assert_eq!(
+        take(&limiter, admin, "bot:j").await,
+        Err(quota_refusal("root", 1))
+    );
+    assert_eq!(take(&limiter, admin, "eve:k").await, Ok(true));
+    // A caller's scoped keys carry its own tag, so its one index covers them all.
+    let bot = Owner::Identity("bot");
+    let both = [
+        Descriptor::policy("bot:x", 1, "api").owned_by(bot),
+        Descriptor::policy("bot:y", 1, "api").owned_by(bot),
+    ];
+    assert_eq!(
+        limiter.check_many(&both).await,
+        Err(quota_refusal("bot", 1))
+    );
+    assert_eq!(take(&limiter, bot, "bot:x").await, Ok(true));
+    assert_eq!(take(&limiter, bot, "bot:x").await, Ok(true));
+    assert_eq!(
+        take(&limiter, bot, "bot:y").await,
+        Err(quota_refusal("bot", 1))
+    );
+    limiter.reset("bot:x", Some("api")).await.unwrap();
+    assert_eq!(take(&limiter, bot, "bot:y").await, Ok(true));
+    let stats = limiter.stats();
+    assert!(stats.iter().all(|p| p.backend_errors == 0), "{stats:?}");
+    let _ = std::fs::remove_file(
+        std::env::temp_dir().join(format!("cordon-ratelimit-nodes-{}.conf", server.port)),
+    );
 }

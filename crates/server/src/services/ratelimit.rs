@@ -14,8 +14,9 @@
 //! tool's policy.
 //!
 //! Every new key a caller creates, admin or not, is charged to the caller's
-//! identity: a caller over its key quota, or a store whose room for callers
-//! is full, gets RESOURCE_EXHAUSTED naming the limit, and nothing is consumed.
+//! identity, in memory and in Redis: a caller over its key quota, or a store
+//! whose room for callers is full, gets RESOURCE_EXHAUSTED naming the limit,
+//! and nothing is consumed.
 //!
 //! A denied Check is not an error: it answers OK with `allowed = false`, and
 //! the metadata `retry-after` (whole seconds, rounded up) and
@@ -164,6 +165,7 @@ pub(crate) fn capacity_exhausted(e: &CapacityError) -> Status {
         CapacityError::IdentityQuota { .. } => "ratelimit.memory.max_keys_per_identity",
         CapacityError::CallersFull { .. } => "ratelimit.memory.max_keys",
         CapacityError::ServerFull { .. } => "ratelimit.memory.server_keys",
+        CapacityError::RedisIdentityQuota { .. } => "ratelimit.redis.max_keys_per_identity",
         _ => "ratelimit.memory",
     };
     Status::resource_exhausted(format!("{e} ({setting})"))

@@ -424,6 +424,51 @@ async fn two_servers_sharing_redis_admit_exactly_the_limit() {
     drop(redis);
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_over_its_redis_key_quota_gets_resource_exhausted() {
+    let redis = Redis::start();
+    let config = redis_config(redis.port, 5000).replacen(
+        "probe_interval_ms = 50\n",
+        "probe_interval_ms = 50\nmax_keys_per_identity = 2\n",
+        1,
+    );
+    let server = TestServer::start_in(data_dir(), &config);
+    let mut agent = client(&server, "agent").await;
+    assert!(check(&mut agent, "a", 1, "closed").await.allowed);
+    assert!(check(&mut agent, "b", 1, "closed").await.allowed);
+    let refused = agent
+        .check(pb::CheckRequest {
+            key: "c".into(),
+            cost: 1,
+            limit: Some(pb::check_request::Limit::Policy("closed".into())),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(
+        refused.code(),
+        tonic::Code::ResourceExhausted,
+        "{refused:?}"
+    );
+    assert!(
+        refused
+            .message()
+            .contains("ratelimit.redis.max_keys_per_identity"),
+        "{refused:?}"
+    );
+    // The agent's existing keys, and every other identity, carry on.
+    assert_eq!(check(&mut agent, "a", 1, "closed").await.remaining, 998);
+    let mut other = client(&server, "agent2").await;
+    assert!(check(&mut other, "c", 1, "closed").await.allowed);
+    let closed = stats(&mut client(&server, "admin").await).await;
+    let closed = closed
+        .policies
+        .iter()
+        .find(|p| p.policy == "closed")
+        .unwrap();
+    assert_eq!(closed.backend_errors, 0, "{closed:?}");
+    drop(redis);
+}
+
 async fn stats(admin: &mut RateLimitClient<Channel>) -> pb::GetStatsResponse {
     admin
         .get_stats(pb::GetStatsRequest {})
