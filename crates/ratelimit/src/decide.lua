@@ -9,7 +9,7 @@
 -- or {2, i} when descriptor i needs a new key and its owner's index is full.
 -- Nothing is written unless every descriptor is allowed and every new key has room.
 -- An index is a sorted set of its owner's state keys scored by their expiry in ms.
--- Times come from the Redis clock. PEXPIREAT's NX and GT need Redis 7.0.
+-- Times come from the Redis clock.
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
 local floor = math.floor
@@ -194,12 +194,14 @@ end
 local function list(s, key, ttl)
   if s.index == 0 then return end
   local index = KEYS[s.index]
-  local at = num(now_ms + ttl)
-  if redis.call('ZADD', index, at, key) == 1 then
-    -- A sorted set that ZADD just created has no expiry, which GT never sets.
-    redis.call('PEXPIREAT', index, at, 'NX')
+  local at = now_ms + ttl
+  redis.call('ZADD', index, num(at), key)
+  -- PTTL is -1 for a set that ZADD just created. Compared here rather than with
+  -- PEXPIREAT's NX and GT, which older Redis versions refuse.
+  local left = redis.call('PTTL', index)
+  if left < 0 or now_ms + left < at then
+    redis.call('PEXPIREAT', index, num(at))
   end
-  redis.call('PEXPIREAT', index, at, 'GT')
 end
 
 if out[1] == 1 then

@@ -588,6 +588,7 @@ async fn a_decision_is_exactly_one_redis_command() {
         "cmdstat_time",
         "cmdstat_zadd",
         "cmdstat_pexpireat",
+        "cmdstat_pttl",
         "cmdstat_zremrangebyscore",
         "cmdstat_zcard",
         "cmdstat_zscore",
