@@ -56,8 +56,8 @@ impl CertificateAuthority {
         if !rest.is_empty() {
             return Err(CsrError::Parse("trailing bytes".to_owned()));
         }
-        csr.verify_signature().map_err(|_| CsrError::Signature)?;
-
+        // The key is checked before the signature, so that a key this CA refuses is named as
+        // such rather than as a signature that the verifier cannot check.
         let spki = &csr.certification_request_info.subject_pki;
         match spki.parsed() {
             Ok(PublicKey::RSA(rsa)) if rsa.key_size() < MIN_RSA_BITS => {
@@ -70,6 +70,7 @@ impl CertificateAuthority {
             Ok(_) => return Err(CsrError::UnsupportedKey("key type".to_owned())),
             Err(e) => return Err(CsrError::UnsupportedKey(e.to_string())),
         }
+        csr.verify_signature().map_err(|_| CsrError::Signature)?;
         // rcgen recognises only the key algorithms (and EC curves) it can write, which is the
         // allow-list: anything else is refused here.
         let public_key = SubjectPublicKeyInfo::from_der(spki.raw)

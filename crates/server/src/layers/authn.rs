@@ -153,11 +153,13 @@ impl Authenticator {
         let Some(header) = request.headers().get(http::header::AUTHORIZATION) else {
             return Err("no client certificate and no authorization header".to_owned());
         };
+        // The scheme name is case-insensitive (RFC 9110, section 11.1).
         let token = header
             .to_str()
             .ok()
-            .and_then(|value| value.strip_prefix("Bearer "))
-            .map(str::trim)
+            .and_then(|value| value.split_once(' '))
+            .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+            .map(|(_, token)| token.trim())
             .ok_or("authorization header is not \"Bearer <token>\"")?;
         let digest: [u8; 32] = Sha256::digest(token.as_bytes()).into();
         if let Some(name) = self.api_keys.get(&digest) {
@@ -174,7 +176,7 @@ impl Authenticator {
             return Err("unknown API key".to_owned());
         };
         let claims = jsonwebtoken::decode::<JwtClaims>(token, &jwt.key, &jwt.validation)
-            .map_err(|e| format!("invalid bearer token: {e}"))?
+            .map_err(|e| format!("invalid bearer token: {}", jwt_reason(&e)))?
             .claims;
         if claims.sub.is_empty() {
             return Err("JWT has an empty subject".to_owned());
@@ -187,6 +189,27 @@ impl Authenticator {
             certificate_serial: None,
             expires_at: Some(claims.exp),
         })
+    }
+}
+
+/// Why a JWT was refused, in the caller's terms rather than the library's (a
+/// JSON parser's line and column, say).
+fn jwt_reason(error: &jsonwebtoken::errors::Error) -> String {
+    use jsonwebtoken::errors::ErrorKind;
+    match error.kind() {
+        ErrorKind::ExpiredSignature => "it has expired (exp)".to_owned(),
+        ErrorKind::ImmatureSignature => "it is not valid yet (nbf)".to_owned(),
+        ErrorKind::InvalidAudience => "it is for another audience (aud)".to_owned(),
+        ErrorKind::InvalidIssuer => "it is from another issuer (iss)".to_owned(),
+        ErrorKind::InvalidSignature => "its signature does not verify".to_owned(),
+        ErrorKind::InvalidAlgorithm | ErrorKind::InvalidAlgorithmName => {
+            "its algorithm is not the one configured".to_owned()
+        }
+        ErrorKind::MissingRequiredClaim(claim) => format!("it has no {claim} claim"),
+        ErrorKind::Json(_) => {
+            "its claims are not a JSON object with a string sub and a numeric exp".to_owned()
+        }
+        _ => "it is not a well-formed JWT".to_owned(),
     }
 }
 

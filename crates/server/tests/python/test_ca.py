@@ -16,7 +16,7 @@ import time
 import grpc
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from cordon_client import (
@@ -336,6 +336,12 @@ def test_corrupted_csr_is_invalid_argument():
     expect_code(lambda: issue("worker", csr=tampered), grpc.StatusCode.INVALID_ARGUMENT, "csr_pem")
 
 
+def test_a_small_rsa_key_is_named_as_such():
+    small = rsa.generate_private_key(public_exponent=65537, key_size=1024)
+    expect_code(lambda: issue("worker", csr=make_csr(small)), grpc.StatusCode.INVALID_ARGUMENT,
+                "at least 2048 required")
+
+
 def test_identity_outside_the_pattern_is_invalid_argument():
     for bad in ["intruder", "../etc", "worker/x", "", "worker\n"]:
         expect_code(lambda: issue(bad), grpc.StatusCode.INVALID_ARGUMENT, "identity")
@@ -431,6 +437,7 @@ SERVICE = [
     test_api_key_caller_cannot_renew,
     test_expired_certificate_cannot_renew,
     test_corrupted_csr_is_invalid_argument,
+    test_a_small_rsa_key_is_named_as_such,
     test_identity_outside_the_pattern_is_invalid_argument,
     test_validity_default_requested_and_capped,
     test_list_filters_and_paginates,

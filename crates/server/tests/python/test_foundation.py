@@ -113,28 +113,48 @@ def test_jwt_without_certificate():
 
 def test_jwt_bad_signature_unauthenticated():
     forged = jwt(_secret="not-the-secret-not-the-secret-000")
-    expect_code(lambda: whoami(channel(CTX), metadata=bearer(forged)), grpc.StatusCode.UNAUTHENTICATED)
+    expect_code(lambda: whoami(channel(CTX), metadata=bearer(forged)), grpc.StatusCode.UNAUTHENTICATED,
+                "signature does not verify")
 
 
 def test_jwt_expired_unauthenticated():
     old = int(time.time()) - 3600
     token = jwt(exp=old, iat=old - 60, nbf=old - 60)
-    expect_code(lambda: whoami(channel(CTX), metadata=bearer(token)), grpc.StatusCode.UNAUTHENTICATED)
+    expect_code(lambda: whoami(channel(CTX), metadata=bearer(token)), grpc.StatusCode.UNAUTHENTICATED,
+                "expired (exp)")
 
 
 def test_jwt_not_yet_valid_unauthenticated():
     token = jwt(nbf=int(time.time()) + 3600)
-    expect_code(lambda: whoami(channel(CTX), metadata=bearer(token)), grpc.StatusCode.UNAUTHENTICATED)
+    expect_code(lambda: whoami(channel(CTX), metadata=bearer(token)), grpc.StatusCode.UNAUTHENTICATED,
+                "not valid yet (nbf)")
 
 
 def test_jwt_wrong_audience_unauthenticated():
     token = jwt(aud="someone-else")
-    expect_code(lambda: whoami(channel(CTX), metadata=bearer(token)), grpc.StatusCode.UNAUTHENTICATED)
+    expect_code(lambda: whoami(channel(CTX), metadata=bearer(token)), grpc.StatusCode.UNAUTHENTICATED,
+                "another audience (aud)")
 
 
 def test_jwt_wrong_issuer_unauthenticated():
     token = jwt(iss="https://evil.example")
-    expect_code(lambda: whoami(channel(CTX), metadata=bearer(token)), grpc.StatusCode.UNAUTHENTICATED)
+    expect_code(lambda: whoami(channel(CTX), metadata=bearer(token)), grpc.StatusCode.UNAUTHENTICATED,
+                "another issuer (iss)")
+
+
+def test_jwt_without_exp_names_the_claim_not_the_parser():
+    claims = {"sub": CTX["jwt"]["subject"], "iss": CTX["jwt"]["issuer"], "aud": CTX["jwt"]["audience"]}
+    token = make_jwt(CTX["jwt"]["secret"], claims)
+    e = expect_code(lambda: whoami(channel(CTX), metadata=bearer(token)), grpc.StatusCode.UNAUTHENTICATED)
+    assert "exp" in e.details() and "line" not in e.details() and "column" not in e.details(), e.details()
+
+
+def test_bearer_scheme_is_case_insensitive():
+    for scheme in ["bearer", "BEARER", "BeArEr"]:
+        r = whoami(channel(CTX), metadata=[("authorization", f"{scheme} {CTX['api_key']}")])
+        assert r.auth_method == identity_pb2.AUTH_METHOD_API_KEY, (scheme, r)
+    expect_code(lambda: whoami(channel(CTX), metadata=[("authorization", f"Basic {CTX['api_key']}")]),
+                grpc.StatusCode.UNAUTHENTICATED, "Bearer")
 
 
 def test_jwt_alg_none_unauthenticated():
@@ -188,6 +208,8 @@ run_tests([
     test_jwt_not_yet_valid_unauthenticated,
     test_jwt_wrong_audience_unauthenticated,
     test_jwt_wrong_issuer_unauthenticated,
+    test_jwt_without_exp_names_the_claim_not_the_parser,
+    test_bearer_scheme_is_case_insensitive,
     test_jwt_alg_none_unauthenticated,
     test_certificate_takes_priority_over_bearer,
     test_role_without_permission_denied,
