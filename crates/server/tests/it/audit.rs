@@ -390,11 +390,8 @@ fn ops_get(ops: &str, path: &str) -> (u16, String) {
 
 /// The ops endpoint's address, as the server printed it.
 fn ops_address(server: &TestServer) -> String {
-    server
-        .stdout_lines()
-        .iter()
-        .find_map(|line| line.strip_prefix("ops endpoint on ").map(str::to_owned))
-        .expect("the server prints the ops endpoint's address")
+    let line = server.wait_for_stdout(|line| line.starts_with("ops endpoint on "));
+    line["ops endpoint on ".len()..].to_owned()
 }
 
 /// One WhoAmI call at a time as admin, each returning its status code.

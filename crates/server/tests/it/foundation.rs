@@ -210,11 +210,7 @@ fn grpcurl_session_with_first_start_dev_certificates() {
 #[test]
 fn printed_grpcurl_command_works_as_pasted() {
     let server = TestServer::start("");
-    let line = server
-        .stdout_lines()
-        .into_iter()
-        .find(|line| line.starts_with("try: grpcurl "))
-        .expect("the banner prints a grpcurl command");
+    let line = server.wait_for_stdout(|line| line.starts_with("try: grpcurl "));
     let command = line.trim_start_matches("try: ");
     let grpcurl_dir = harness::grpcurl().parent().unwrap().to_path_buf();
     let path = format!(

@@ -73,10 +73,26 @@ impl TestServer {
 
     /// Everything the server printed on stdout so far.
     pub(crate) fn stdout_lines(&self) -> Vec<String> {
-        // The banner is printed right after the listening line; give the
-        // reader thread a moment to collect it.
-        std::thread::sleep(Duration::from_millis(200));
         self.stdout.lock().unwrap().clone()
+    }
+
+    /// The first line on the server's stdout for which `wanted` holds. The
+    /// banner follows the listening line, and on a loaded machine the reader
+    /// thread may collect it much later, so this waits for it.
+    pub(crate) fn wait_for_stdout(&self, wanted: impl Fn(&str) -> bool) -> String {
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            let lines = self.stdout_lines();
+            if let Some(line) = lines.iter().find(|line| wanted(line)) {
+                return line.clone();
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the server never printed the expected line; it printed:\n{}",
+                lines.join("\n")
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
     }
 
     pub(crate) fn certs(&self) -> PathBuf {
