@@ -170,6 +170,10 @@ fn a_run_cannot_reach_the_work_directory_of_another_live_run() {
     // earlier grant, would let it through.
     let shared = open_dir();
     let home_file = shared.path().join("home");
+    // The first run stays alive, and with it its work directory, until the attack is over and
+    // the test creates `release`: a directory already removed would answer ENOENT, not the
+    // sandbox's EACCES. It gives up after 20 s, so a failing test cannot leave it waiting.
+    let release = shared.path().join("release");
     let spec = PolicySpec {
         write_paths: vec![shared.path().display().to_string()],
         ..PolicySpec::default()
@@ -177,13 +181,20 @@ fn a_run_cannot_reach_the_work_directory_of_another_live_run() {
     let first = {
         let policy = policy(spec.clone());
         let home_file = home_file.display().to_string();
+        let release = release.display().to_string();
         std::thread::spawn(move || {
             python(
                 policy,
                 &format!(
                     "import os, time\nopen('secret.txt', 'w').write('mine')\n\
                      open({home_file:?} + '.tmp', 'w').write(os.environ['HOME'])\n\
-                     os.rename({home_file:?} + '.tmp', {home_file:?})\ntime.sleep(2)"
+                     os.rename({home_file:?} + '.tmp', {home_file:?})\n\
+                     deadline = time.monotonic() + 20\n\
+                     while time.monotonic() < deadline:\n\
+                     \x20   if os.path.exists({release:?}):\n\
+                     \x20       print('released', flush=True)\n\
+                     \x20       break\n\
+                     \x20   time.sleep(0.01)"
                 ),
             )
         })
@@ -206,8 +217,14 @@ fn a_run_cannot_reach_the_work_directory_of_another_live_run() {
         ),
     );
     let planted = std::path::Path::new(&other_home).join("planted").exists();
+    std::fs::write(&release, "").unwrap();
     let first = first.join().unwrap();
     assert_eq!(first.exit_code, Some(0), "{}", stderr(&first));
+    assert_eq!(
+        stdout(&first),
+        "released\n",
+        "the first run ended before the attack was over"
+    );
     if fs_enforced(&out) {
         assert_eq!(
             stdout(&out),

@@ -188,6 +188,55 @@ pub fn processes_with(marker: &str) -> Vec<u32> {
     found
 }
 
+/// Pids of live processes whose command line is exactly `sleep <marker>`: the `sleep` a run
+/// started, told apart from a shell or python3 process whose program text names the marker.
+pub fn sleeps_with(marker: &str) -> Vec<u32> {
+    let wanted = format!("sleep\0{marker}\0");
+    let mut found = Vec::new();
+    for (pid, dir) in processes() {
+        if let Ok(cmdline) = std::fs::read(dir.join("cmdline"))
+            && cmdline == wanted.as_bytes()
+        {
+            found.push(pid);
+        }
+    }
+    found
+}
+
+/// Waits, up to `within`, until `ready` returns true, and fails naming `what` if it never
+/// does. A test that needs a run to have reached some point polls for it this way instead
+/// of sleeping a fixed time, which a slow or loaded machine can overrun.
+pub fn wait_for(what: &str, within: std::time::Duration, mut ready: impl FnMut() -> bool) {
+    let deadline = std::time::Instant::now() + within;
+    while !ready() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{what}: not within {within:?}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+}
+
+/// Asserts that no process whose command line contains `marker` is left, waiting up to 5 s
+/// for the last ones to go. As root a run's cgroup is emptied before the run returns, but
+/// without one (not root) the run only sends SIGKILL to its process group, and a killed
+/// process is still listed until the kernel has torn it down. A process that escaped the
+/// kill (the processes these tests look for sleep 30 s and more) is still there after 5 s.
+pub fn assert_gone(marker: &str) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    loop {
+        let left = processes_with(marker);
+        if left.is_empty() {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "a process outlived its run: {left:?}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}
+
 /// A unique marker for one test's processes.
 pub fn marker(name: &str) -> String {
     use std::sync::atomic::{AtomicU32, Ordering};

@@ -128,7 +128,13 @@ fn without_a_cgroup_the_report_says_whether_setsid_escapes() {
     let text = &soft.capabilities().layers["process_containment"];
     assert!(text.contains("outlives the run"), "{text}");
     let m = marker("setsid-escape");
-    let script = format!("setsid sleep {m} </dev/null >/dev/null 2>&1 & sleep 0.2");
+    // The main shell exits, and the run kills its process group, only once the background
+    // shell has called setsid and said so in a file in the run's directory (or after 10 s,
+    // should it never): the process that then outlives the run escaped the kill, not a race.
+    let script = format!(
+        "setsid sh -c 'touch \"$HOME/detached\"; exec sleep {m}' </dev/null >/dev/null 2>&1 & \
+         i=0; while [ ! -e \"$HOME/detached\" ] && [ $i -lt 1000 ]; do sleep 0.01; i=$((i+1)); done"
+    );
     let request = RunRequest::new(
         vec!["sh".into(), "-c".into(), script],
         policy(PolicySpec::default()),
@@ -391,9 +397,16 @@ fn output_is_streamed_as_it_comes() {
         vec![
             "sh".into(),
             "-c".into(),
-            "echo one; sleep 0.3; echo two >&2".into(),
+            "echo one; sleep 3; echo two >&2".into(),
         ],
-        policy(PolicySpec::default()),
+        // A timeout far beyond the program's 3 s, for a slow machine.
+        policy(PolicySpec {
+            limits: sandbox_core::LimitsSpec {
+                timeout_ms: 60_000,
+                ..Default::default()
+            },
+            ..PolicySpec::default()
+        }),
     )
     .unwrap();
     let sandbox = strongest();
@@ -403,10 +416,15 @@ fn output_is_streamed_as_it_comes() {
             RunOptions { output: Some(tx) },
             &crate::unrestricted(),
         ));
-        let first = tokio::time::timeout(Duration::from_millis(250), rx.recv())
-            .await
-            .expect("first chunk before the run ends")
-            .unwrap();
+        let first = rx.recv().await.expect("a first chunk");
+        // The program sleeps 3 s between its two lines, so a chunk handed over before the
+        // run has ended, and before the second line, was streamed, however long the run took
+        // to start.
+        assert!(!run.is_finished(), "the first chunk came only at the end");
+        assert!(
+            rx.try_recv().is_err(),
+            "the first chunk came with the second"
+        );
         assert_eq!(first.data, b"one\n");
         assert_eq!(first.stream, sandbox_core::OutputStream::Stdout);
         let second = rx.recv().await.unwrap();

@@ -75,13 +75,15 @@ fn setsid_and_double_forked_children_die_with_the_run() {
     let started = Instant::now();
     let out = python(policy(PolicySpec::default()), &code);
     assert_eq!(stdout(&out), "spawned\n", "{}", stderr(&out));
-    assert!(started.elapsed() < Duration::from_secs(5));
-    std::thread::sleep(Duration::from_millis(100));
-    assert_eq!(
-        processes_with(&tag),
-        Vec::<u32>::new(),
-        "a process outlived its run"
+    // The escaped `sleep` holds the output pipes and sleeps for a thousand seconds and more:
+    // a run that waited for it would last until its 30 s timeout, well past this bound,
+    // which leaves a slow machine room to start python3.
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "{:?}",
+        started.elapsed()
     );
+    assert_gone(&tag);
 }
 
 #[test]
@@ -89,7 +91,7 @@ fn a_grandchild_holding_the_pipe_does_not_stall_the_response() {
     let tag = marker("holder");
     let spec = PolicySpec {
         limits: LimitsSpec {
-            timeout_ms: 20_000,
+            timeout_ms: 60_000,
             ..LimitsSpec::default()
         },
         ..PolicySpec::default()
@@ -101,13 +103,15 @@ fn a_grandchild_holding_the_pipe_does_not_stall_the_response() {
     );
     assert_eq!(stdout(&out), "started\n");
     assert!(!out.timed_out);
+    // A response that waited for the pipe's end of file would wait for the 60 s timeout (the
+    // `sleep` lasts a thousand seconds and more), far past this bound, which leaves a slow
+    // machine room for the run itself.
     assert!(
-        started.elapsed() < Duration::from_secs(3),
+        started.elapsed() < Duration::from_secs(10),
         "{:?}",
         started.elapsed()
     );
-    std::thread::sleep(Duration::from_millis(100));
-    assert!(processes_with(&tag).is_empty());
+    assert_gone(&tag);
 }
 
 #[test]
@@ -150,8 +154,7 @@ fn a_fork_bomb_is_contained_and_cleaned_up() {
     } else {
         assert_eq!(out.enforcement.process_containment, Containment::Rlimit);
     }
-    std::thread::sleep(Duration::from_millis(100));
-    assert!(processes_with(&tag).is_empty());
+    assert_gone(&tag);
 
     // The refused forks belong to the bomb's run only: a quiet run after it, in the cgroup
     // it left behind, reports none.
@@ -178,12 +181,20 @@ fn dropping_the_run_future_kills_the_run() {
         .build()
         .unwrap();
     rt.block_on(async {
-        let run = sandbox.run(request, RunOptions::default(), &unrestricted());
-        let result = tokio::time::timeout(Duration::from_millis(300), run).await;
-        assert!(result.is_err(), "the run should still be going");
+        let mut run = sandbox.run(request, RunOptions::default(), &unrestricted());
+        // The run is driven until both of its `sleep`s are running, however long a slow
+        // machine takes to start them, so that dropping it must kill running processes.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while sleeps_with(&tag).len() < 2 {
+            assert!(
+                Instant::now() < deadline,
+                "the run never started its sleeps"
+            );
+            let result = tokio::time::timeout(Duration::from_millis(20), &mut run).await;
+            assert!(result.is_err(), "the run should still be going");
+        }
     });
-    std::thread::sleep(Duration::from_millis(200));
-    assert!(processes_with(&tag).is_empty());
+    assert_gone(&tag);
 }
 
 /// A run dropped while its child is still being cloned and set up (the first poll hands the
@@ -313,8 +324,12 @@ fn a_run_cgroup_that_cannot_be_listed_is_never_reused() {
         return;
     }
     let tag = marker("unlisted");
+    // The run ends when this test creates the `release` directory, once the descriptor
+    // limit is down, or after 20 s should the test never get there.
+    let gate = open_dir();
+    let release = gate.path().join("release");
     let spec = PolicySpec {
-        read_paths: vec!["/proc".into()],
+        read_paths: vec!["/proc".into(), gate.path().display().to_string()],
         ..PolicySpec::default()
     };
     let code = format!(
@@ -326,7 +341,10 @@ fn a_run_cgroup_that_cannot_be_listed_is_never_reused() {
          \x20   except OSError:\n\
          \x20       pass\n\
          \x20   os.execvp('sleep', ['sleep', '{tag}'])\n\
-         time.sleep(2)"
+         deadline = time.monotonic() + 20\n\
+         while time.monotonic() < deadline and not os.path.isdir({release:?}):\n\
+         \x20   time.sleep(0.01)",
+        release = release.display().to_string(),
     );
     // Every descriptor below LOW is taken before the run starts, so the run's own are all
     // above it; once the run is under way, the soft limit drops to LOW, which makes every new
@@ -354,7 +372,11 @@ fn a_run_cgroup_that_cannot_be_listed_is_never_reused() {
         .unwrap();
         std::thread::spawn(move || run_on(&sandbox, request))
     };
-    std::thread::sleep(Duration::from_millis(800));
+    // The limit drops only once the run's `sleep` has left the process group: from then on
+    // the run waits for `release`, so its end, and the kill, come while the limit is down.
+    wait_for("the run's sleep starts", Duration::from_secs(10), || {
+        !sleeps_with(&tag).is_empty()
+    });
     let set_soft_limit = |soft: libc::c_int| {
         // SAFETY: rlimit is plain data that getrlimit fills.
         let mut limit: libc::rlimit = unsafe { std::mem::zeroed() };
@@ -367,6 +389,8 @@ fn a_run_cgroup_that_cannot_be_listed_is_never_reused() {
         limit.rlim_max
     };
     let hard = set_soft_limit(LOW);
+    // Making a directory takes no descriptor, which this process has none left of.
+    std::fs::create_dir(&release).unwrap();
     let first = run.join().unwrap();
     set_soft_limit(hard as libc::c_int);
     drop(taken);
@@ -451,7 +475,10 @@ fn the_servers_threads_do_not_use_up_a_runs_process_limit() {
         },
         ..PolicySpec::default()
     };
-    let code = fork_counter(40, "2");
+    // The children sleep far longer than the forks can take on a slow machine, so none has
+    // exited and given its slot back before the last fork; the run kills them all when the
+    // counting process exits.
+    let code = fork_counter(40, "30");
     let out = python(policy(spec), &code);
     drop(release);
     for thread in threads {
