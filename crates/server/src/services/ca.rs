@@ -14,6 +14,7 @@ use crate::ca::{CaState, IssueFailure};
 use crate::layers::authn::{AuthMethod, RevokedSerials};
 use crate::notes;
 use crate::proto::ca::v1 as pb;
+use crate::services::blocking;
 use crate::services::identity::caller;
 use crate::tls::TlsState;
 
@@ -25,15 +26,6 @@ pub(crate) struct CaService {
 }
 
 type Reply<T> = Result<Response<T>, tonic::Status>;
-
-/// Runs blocking CA work (signing, SQLite) off the async workers.
-async fn blocking<T: Send + 'static>(
-    work: impl FnOnce() -> T + Send + 'static,
-) -> Result<T, tonic::Status> {
-    tokio::task::spawn_blocking(work)
-        .await
-        .map_err(|e| tonic::Status::internal(format!("ca task failed: {e}")))
-}
 
 fn issue_status(failure: IssueFailure) -> tonic::Status {
     match failure {
@@ -159,7 +151,7 @@ impl CaService {
     ) -> Result<Issued, tonic::Status> {
         let state = self.state.clone();
         let validity = state.validity(validity_seconds);
-        blocking(move || {
+        blocking("the CA task", move || {
             let csr = (!csr_pem.is_empty()).then_some(csr_pem.as_str());
             state.issue(&identity, csr, validity)
         })
@@ -254,7 +246,7 @@ impl pb::cert_authority_server::CertAuthority for CaService {
         let state = self.state.clone();
         let tls = self.tls.clone();
         let revoked_set = self.revoked.clone();
-        let (record, published) = blocking(move || {
+        let (record, published) = blocking("the CA task", move || {
             let record = state.revoke(&message.serial, reason)?;
             // The revocation is committed; publishing can only fail for
             // local reasons (disk, signing), reported below without undoing it.
@@ -322,7 +314,7 @@ impl pb::cert_authority_server::CertAuthority for CaService {
             page_token: message.page_token,
         };
         let state = self.state.clone();
-        let page = blocking(move || {
+        let page = blocking("the CA task", move || {
             state
                 .inventory()
                 .list(&query, certgen::OffsetDateTime::now_utc())

@@ -15,6 +15,7 @@ use tonic::{Request, Response, Status};
 
 use crate::notes;
 use crate::proto::guard::v1 as pb;
+use crate::services::blocking;
 
 /// `[guard]` in the configuration.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -49,14 +50,6 @@ fn finding(f: guard::Finding) -> pb::Finding {
     }
 }
 
-async fn blocking<T: Send + 'static>(
-    work: impl FnOnce() -> T + Send + 'static,
-) -> Result<T, Status> {
-    tokio::task::spawn_blocking(work)
-        .await
-        .map_err(|_| Status::internal("the check did not complete"))
-}
-
 fn path_error(error: PathError) -> Status {
     match error {
         PathError::RelativeRoot(_) => Status::invalid_argument(format!("allowed_roots: {error}")),
@@ -82,9 +75,11 @@ impl pb::guard_server::Guard for GuardService {
             }
             message.allowed_roots.iter().map(PathBuf::from).collect()
         };
-        let verdict = blocking(move || guard::check_path(&message.path, &roots))
-            .await?
-            .map_err(path_error)?;
+        let verdict = blocking("the path check", move || {
+            guard::check_path(&message.path, &roots)
+        })
+        .await?
+        .map_err(path_error)?;
         notes::note(&request, |n| {
             n.summary = Some(format!(
                 "path {}{}",
@@ -113,7 +108,10 @@ impl pb::guard_server::Guard for GuardService {
             return Err(Status::invalid_argument("url: must not be empty"));
         }
         let urls = self.urls.clone();
-        let verdict = blocking(move || urls.check(&message.url, &message.allowed_schemes)).await?;
+        let verdict = blocking("the URL check", move || {
+            urls.check(&message.url, &message.allowed_schemes)
+        })
+        .await?;
         notes::note(&request, |n| {
             n.summary = Some(if verdict.allowed {
                 "url allowed".to_owned()
@@ -141,7 +139,7 @@ impl pb::guard_server::Guard for GuardService {
         }
         // When both are given, both are checked: a finding in either counts.
         // Offsets of argv findings are into the arguments joined by spaces.
-        let verdict = blocking(move || {
+        let verdict = blocking("the command check", move || {
             let mut findings = Vec::new();
             if !message.command.trim().is_empty() {
                 findings.extend(guard::check_command(&message.command).findings);
@@ -166,7 +164,7 @@ impl pb::guard_server::Guard for GuardService {
         request: Request<pb::ScanTextRequest>,
     ) -> Result<Response<pb::ScanTextResponse>, Status> {
         let text = request.get_ref().text.clone();
-        let report = blocking(move || guard::scan_text(&text)).await?;
+        let report = blocking("the scan", move || guard::scan_text(&text)).await?;
         notes::note(&request, |n| {
             n.summary = Some(format!(
                 "{}{} text findings",

@@ -26,6 +26,7 @@ use tonic_types::{ErrorDetails, StatusExt};
 use self::config::{TrustConfig, TrustLevel, WorkFsOutcome};
 use crate::notes::{self, CallNotes};
 use crate::proto::sandbox::v1 as pb;
+use crate::services::blocking;
 use crate::services::identity::caller;
 use crate::services::ratelimit::capacity_exhausted;
 
@@ -156,13 +157,15 @@ impl pb::sandbox_server::Sandbox for SandboxService {
             run_error_status(e)
         })?;
         notes::note(&request, |n| n.summary = Some(summary(&outcome)));
-        Ok(Response::new(response(
+        let reply = response(
             outcome,
             admitted.level,
             admitted.scan,
             admitted.redact,
             true,
-        )))
+        )
+        .await?;
+        Ok(Response::new(reply))
     }
 
     type RunStreamStream = ReceiverStream<Result<pb::RunEvent, Status>>;
@@ -257,10 +260,11 @@ impl Streaming {
         let last = match result {
             Ok(outcome) => {
                 self.note(summary(&outcome));
-                let result = response(outcome, self.level, self.scan, self.redact, self.redact);
-                Ok(pb::RunEvent {
-                    event: Some(pb::run_event::Event::Result(result)),
-                })
+                response(outcome, self.level, self.scan, self.redact, self.redact)
+                    .await
+                    .map(|result| pb::RunEvent {
+                        event: Some(pb::run_event::Event::Result(result)),
+                    })
             }
             Err(error) => {
                 self.note(error_summary(&error));
@@ -425,8 +429,25 @@ fn error_summary(error: &RunError) -> String {
 }
 
 /// Converts an outcome; `include_output` is false for RunStream results whose
-/// output was already streamed.
-fn response(
+/// output was already streamed. Scanning megabytes of output takes a good
+/// fraction of a second, so a scanned outcome is converted on the blocking
+/// pool, never on an async worker that other calls are waiting for.
+async fn response(
+    outcome: RunOutcome,
+    level: TrustLevel,
+    scan: bool,
+    redact: bool,
+    include_output: bool,
+) -> Result<pb::RunResponse, Status> {
+    let convert = move || convert(outcome, level, scan, redact, include_output);
+    if scan {
+        blocking("the output scan", convert).await
+    } else {
+        Ok(convert())
+    }
+}
+
+fn convert(
     outcome: RunOutcome,
     level: TrustLevel,
     scan: bool,

@@ -544,6 +544,20 @@ def test_scan_output_findings_and_redaction():
     r = run(["echo", "harmless"], scan_output=True)
     assert not r.findings and out(r) == "harmless\n"
 
+    def stream(**kw):
+        events = list(stub().RunStream(request(["sh", "-c", f"echo '{text}'"], **kw), timeout=30))
+        chunks = b"".join(e.stdout for e in events if e.WhichOneof("event") == "stdout")
+        assert events[-1].WhichOneof("event") == "result", events
+        return chunks, events[-1].result
+    # Scanned only: the raw output is streamed, and the result names what it found.
+    chunks, result = stream(scan_output=True)
+    assert chunks == f"{text}\n".encode() and not result.stdout, (chunks, result)
+    assert [f.category for f in result.findings] == ["instruction_override"], result.findings
+    # Redacted: nothing raw is streamed; the result carries the redacted output.
+    chunks, result = stream(scan_output=True, redact_output=True)
+    assert chunks == b"" and result.findings, (chunks, result)
+    assert b"[REDACTED:" in result.stdout and b"Ignore all previous" not in result.stdout, result
+
 
 def test_require_kernel_enforcement_met_here():
     r = run(["true"], policy(require_kernel_enforcement=True))
