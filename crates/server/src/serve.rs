@@ -301,31 +301,6 @@ fn reflection(
     ))
 }
 
-/// Creates `dir` (and its missing parents) and makes it private to the
-/// server's uid: mode 0700, also when it already existed with a wider mode.
-/// The data directory itself stays searchable by others so that the run uid
-/// can reach its work directory beneath it, and the files SQLite creates are
-/// readable by others under the usual umask: without this, a run under a
-/// backend without Landlock could read the audit log or the CA inventory by
-/// name.
-pub(crate) fn private_dir(dir: &Path) -> Result<()> {
-    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
-    std::fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o700)
-        .create(dir)
-        .with_context(|| format!("cannot create directory {}", dir.display()))?;
-    let mode = std::fs::metadata(dir)
-        .with_context(|| format!("cannot inspect {}", dir.display()))?
-        .permissions()
-        .mode();
-    if mode & 0o077 != 0 {
-        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(mode & 0o700))
-            .with_context(|| format!("cannot make {} private", dir.display()))?;
-    }
-    Ok(())
-}
-
 /// Creates the development CA, server certificate and `admin` client
 /// certificate when the certificate directory holds no CA and the
 /// configuration names no files of its own. Returns the bundle when it made

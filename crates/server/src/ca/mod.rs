@@ -169,7 +169,7 @@ impl CaState {
             std::fs::create_dir_all(dir)
                 .with_context(|| format!("cannot create directory {}", dir.display()))?;
         }
-        crate::serve::private_dir(&ca_dir)?;
+        crate::config::private_dir(&ca_dir)?;
         let inventory = Inventory::open(&inventory_path)
             .with_context(|| format!("cannot open CA inventory {}", inventory_path.display()))?;
         let state = Self {

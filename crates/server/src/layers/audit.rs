@@ -127,7 +127,7 @@ impl AuditConfig {
         if !self.enabled {
             return Ok(None);
         }
-        crate::serve::private_dir(&::audit::audit_dir(data_dir))?;
+        crate::config::private_dir(&::audit::audit_dir(data_dir))?;
         let mut config = ::audit::Config::new(data_dir);
         config.durability = match self.durability {
             AuditDurability::Full => Durability::Full,
