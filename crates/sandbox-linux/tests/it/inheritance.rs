@@ -8,22 +8,7 @@ use crate::*;
 
 /// CAP_NET_BIND_SERVICE, what systemd's `AmbientCapabilities=` typically grants a service
 /// that runs under `User=`.
-const CAP_NET_BIND_SERVICE: u32 = 10;
-
-/// `_LINUX_CAPABILITY_VERSION_3`: two 32-bit words per set.
-#[repr(C)]
-struct CapHeader {
-    version: u32,
-    pid: libc::c_int,
-}
-
-#[repr(C)]
-#[derive(Clone, Copy, Default)]
-struct CapData {
-    effective: u32,
-    permitted: u32,
-    inheritable: u32,
-}
+const CAP_NET_BIND_SERVICE: caps::Capability = caps::Capability::CAP_NET_BIND_SERVICE;
 
 /// The `Cap*:` lines of a `/proc/<pid>/status`, as numbers.
 fn capability_sets(status: &str) -> Vec<(String, u64)> {
@@ -84,7 +69,10 @@ fn child_holds_no_capability() {
 fn capabilities_of_the_server_do_not_reach_the_child() {
     if in_helper() {
         // The part of a server that is not root and holds CAP_NET_BIND_SERVICE ambient.
-        assert_ne!(own_capability_set("Amb") & (1 << CAP_NET_BIND_SERVICE), 0);
+        assert_ne!(
+            own_capability_set("Amb") & CAP_NET_BIND_SERVICE.bitmask(),
+            0
+        );
         assert!(!is_root());
         child_holds_no_capability();
         return;
@@ -101,39 +89,23 @@ fn capabilities_of_the_server_do_not_reach_the_child() {
         &[("TMPDIR", &tmpdir)],
         || {
             const ID: libc::c_long = 65533;
-            let bit = 1 << CAP_NET_BIND_SERVICE;
-            let header = CapHeader {
-                version: 0x2008_0522,
-                pid: 0,
-            };
-            let data = [
-                CapData {
-                    effective: bit,
-                    permitted: bit,
-                    inheritable: bit,
-                },
-                CapData::default(),
-            ];
-            // SAFETY: raw system calls on plain data that lives across each call.
-            unsafe {
-                check(libc::prctl(libc::PR_SET_KEEPCAPS, 1 as libc::c_ulong, 0, 0, 0).into())?;
-                become_id(ID)?;
-                check(libc::syscall(
-                    libc::SYS_capset,
-                    &raw const header,
-                    data.as_ptr(),
-                ))?;
-                check(
-                    libc::prctl(
-                        libc::PR_CAP_AMBIENT,
-                        libc::PR_CAP_AMBIENT_RAISE as libc::c_ulong,
-                        libc::c_ulong::from(CAP_NET_BIND_SERVICE),
-                        0 as libc::c_ulong,
-                        0 as libc::c_ulong,
-                    )
-                    .into(),
-                )?;
+            let granted = caps::CapsHashSet::from([CAP_NET_BIND_SERVICE]);
+            // SAFETY: a plain prctl that takes numbers only.
+            let keep = unsafe { libc::prctl(libc::PR_SET_KEEPCAPS, 1 as libc::c_ulong, 0, 0, 0) };
+            check(keep.into())?;
+            become_id(ID)?;
+            // The permitted set kept across the change of uid is narrowed to the one
+            // capability first; the effective and inheritable sets may then hold it, and the
+            // ambient set may only hold what both the permitted and inheritable sets do.
+            for set in [
+                caps::CapSet::Permitted,
+                caps::CapSet::Effective,
+                caps::CapSet::Inheritable,
+            ] {
+                caps::set(None, set, &granted).map_err(std::io::Error::other)?;
             }
+            caps::raise(None, caps::CapSet::Ambient, CAP_NET_BIND_SERVICE)
+                .map_err(std::io::Error::other)?;
             Ok(())
         },
     );

@@ -439,11 +439,11 @@ async fn response(
     redact: bool,
     include_output: bool,
 ) -> Result<pb::RunResponse, Status> {
-    let convert = move || convert(outcome, level, scan, redact, include_output);
+    let work = move || convert(outcome, level, scan, redact, include_output);
     if scan {
-        blocking("the output scan", convert).await
+        blocking("the output scan", work).await
     } else {
-        Ok(convert())
+        Ok(work())
     }
 }
 
